@@ -1,0 +1,54 @@
+"""Shared fixtures: small image trees in the local-copy layout, and an isolated environment."""
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from atop_core.data import DATASETS
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Every test gets its own cache and home, so no test reads another's artifacts."""
+    monkeypatch.setenv("ATOP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ATOP_HOME", str(tmp_path / "home"))
+    yield
+
+
+def write_tree(
+    root: Path,
+    name: str,
+    per_class: int = 2,
+    size: int | None = None,
+    classes: tuple[str, ...] | None = None,
+    splits: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write `<root>/<name>/<split>/<class>/<i>.png` images and return the dataset folder."""
+    spec = DATASETS.get_entry(name)
+    size = spec.image_size if size is None else size
+    classes = spec.classes if classes is None else classes
+    splits = tuple(spec.local_splits.values()) if splits is None else splits
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c in classes:
+            folder = root / name / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root / name
+
+
+def zip_tree(folder: Path, zip_path: Path) -> Path:
+    """Zip a dataset folder's contents (stored, like the shared archives)."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(folder).as_posix())
+    return zip_path

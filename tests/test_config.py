@@ -1,0 +1,57 @@
+"""Settings from the environment, devices, profiles and artifact hashes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from atop_core.config import (
+    PROFILES,
+    DataConfig,
+    config_hash,
+    get_profile,
+    resolve_device,
+    settings,
+)
+
+
+def test_settings_read_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path / "d"))
+    s = settings()
+    assert s.data_dir == tmp_path / "d" and s.indices_dir == Path(s.home) / "indices"
+
+
+def test_empty_data_dir_variable_means_unset(monkeypatch):
+    monkeypatch.setenv("ATOP_DATA_DIR", "")
+    assert settings().data_dir is None
+
+
+def test_auto_device_is_cuda_only_when_available():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_profiles_are_smoke_quick_paper():
+    assert list(PROFILES) == ["smoke", "quick", "paper"]
+
+
+def test_unknown_profile_lists_known_names():
+    with pytest.raises(ValueError, match="unknown profile 'fast'; known: smoke, quick, paper"):
+        get_profile("fast")
+
+
+def test_overrides_make_a_new_validated_profile():
+    assert get_profile("smoke", datasets=("cifar10",)).datasets == ("cifar10",)
+    assert PROFILES["smoke"].datasets != ("cifar10",)
+
+
+@pytest.mark.parametrize("field, value", [("n_eval", 0), ("train_subset", -1)])
+def test_bad_data_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        DataConfig(**{field: value})
+
+
+def test_config_hash_changes_with_any_field():
+    assert config_hash(DataConfig(n_eval=8)) != config_hash(DataConfig(n_eval=9))
+    assert config_hash(DataConfig(n_eval=8)) == config_hash(DataConfig(n_eval=8))
