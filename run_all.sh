@@ -24,6 +24,7 @@ source scripts/bootstrap_env.sh
 start=$SECONDS
 echo "run_all: profile=$profile ATOP_DATA_DIR=${ATOP_DATA_DIR:-unset}"
 python -m atop_core prepare-data --profile "$profile" "${args[@]}"
-echo "run_all: not yet implemented, so not run: training (issue 3), attacks and evaluation (issue 4),"
+python -m atop_core train --profile "$profile" "${args[@]}"
+echo "run_all: not yet implemented, so not run: attacks and evaluation (issue 4),"
 echo "         notebooks, tables, figures and REPORT.md (issue 5)"
 echo "run_all: done in $((SECONDS - start)) s"

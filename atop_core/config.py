@@ -125,6 +125,109 @@ class TransformConfig:
             )
 
 
+CLASSIFIER_ADV = ("none", "fgsm-rs", "pgd")
+PURIFIER_KINDS = ("gan", "ae")
+FINETUNE_ATTACKS = ("fgsm", "pgd")
+ATTACK_TARGETS = ("classifier", "whole-model")
+RECONSTRUCTION_TARGETS = ("adv", "clean")
+EPS_LINF = 8 / 255  # the paper's L-inf budget (ATOP_PAPER §2)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The frozen classifier f and how it is trained (SGD, one-cycle schedule, label smoothing)."""
+
+    arch: str = "small"  # for 32x32 datasets; see nets.classifiers.CLASSIFIERS
+    arch_large: str = "small"  # for ImageNette (128 px)
+    width: float = 0.0  # 0: the architecture's default width (a multiplier for `small`)
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 0.2  # peak of the one-cycle schedule
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    train_subset: int = 0  # 0: the whole train split
+    adv: str = "none"  # none | fgsm-rs (fast AT, Wong et al. 2020) | pgd (PGD-AT, Madry et al.)
+    adv_eps: float = EPS_LINF
+    adv_steps: int = 10  # pgd only; step 2.5·eps/steps
+    weights: str = ""  # a user's state-dict file (e.g. RobustBench WRN-28-10): loaded, not trained
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"classifier epochs must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, f"classifier batch_size must be >= 1, got {self.batch_size}")
+        _require(
+            self.adv in CLASSIFIER_ADV,
+            f"unknown classifier adv {self.adv!r}; known: {', '.join(CLASSIFIER_ADV)}",
+        )
+        _require(
+            0.0 <= self.label_smoothing < 1.0,
+            f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
+        )
+
+    def arch_for(self, image_size: int) -> str:
+        return self.arch if image_size <= 64 else self.arch_large
+
+
+@dataclass(frozen=True)
+class PurifierConfig:
+    """The purifier g and its pretraining on clean data with L_df (DESIGN §3)."""
+
+    kind: str = "gan"  # gan (DeepFillv2-style) | ae (U-Net autoencoder)
+    width: int = 16  # base channels; DeepFillv2's cnum is 48
+    work_size: int = 0  # 0: native resolution; 256: the authors' up-sampling
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)  # DeepFillv2's Adam betas, kept by the authors
+    gan_weight: float = 1.0  # weight of the hinge GAN term (the authors' gan_loss_alpha)
+    train_subset: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.kind in PURIFIER_KINDS,
+            f"unknown purifier {self.kind!r}; known: {', '.join(PURIFIER_KINDS)}",
+        )
+        _require(self.width >= 1, f"purifier width must be >= 1, got {self.width}")
+        _require(self.epochs >= 0, f"purifier epochs must be >= 0, got {self.epochs}")
+        _require(self.lr > 0, f"purifier lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """AToP fine-tuning: L_df(x') + λ·CE(y, f(g(t(x')))) with f frozen (ATOP_PAPER §1.3)."""
+
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 5e-4
+    lam: float = 0.05  # λ of the authors' CIFAR notebooks (cls_n)
+    attack: str = "fgsm"  # fgsm (the paper) | pgd
+    attack_on: str = "classifier"  # classifier (the paper's code) | whole-model
+    eps: float = EPS_LINF
+    steps: int = 10  # pgd only
+    target: str = "adv"  # adv: reconstruct x' (the paper's equation) | clean: x (the original log)
+    train_subset: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"finetune epochs must be >= 1, got {self.epochs}")
+        _require(self.lam >= 0, f"lam (λ) must be >= 0, got {self.lam}")
+        _require(
+            self.attack in FINETUNE_ATTACKS,
+            f"unknown finetune attack {self.attack!r}; known: {', '.join(FINETUNE_ATTACKS)}",
+        )
+        _require(
+            self.attack_on in ATTACK_TARGETS,
+            f"unknown attack_on {self.attack_on!r}; known: {', '.join(ATTACK_TARGETS)}",
+        )
+        _require(
+            self.target in RECONSTRUCTION_TARGETS,
+            f"unknown reconstruction target "
+            f"{self.target!r}; known: {', '.join(RECONSTRUCTION_TARGETS)}",
+        )
+        _require(0 < self.eps <= 1, f"eps must be in (0, 1] (pixel scale), got {self.eps}")
+
+
 @dataclass(frozen=True)
 class Profile:
     """A named scale for the whole pipeline (DESIGN §5)."""
@@ -132,19 +235,74 @@ class Profile:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     datasets: tuple[str, ...] = ("cifar10", "cifar100", "imagenette")
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    purifier: PurifierConfig = field(default_factory=PurifierConfig)
+    purifiers: tuple[str, ...] = PURIFIER_KINDS
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    transforms: tuple[str, ...] = ("rt1", "rt2", "rt3")
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    baselines: tuple[str, ...] = ("fgsm-rs",)  # adversarially trained classifiers to compare with
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "profile name must not be empty")
+        for adv in self.baselines:
+            _require(
+                adv in CLASSIFIER_ADV[1:],
+                f"unknown baseline {adv!r}; known: {', '.join(CLASSIFIER_ADV[1:])}",
+            )
+        for kind in self.purifiers:
+            _require(
+                kind in PURIFIER_KINDS,
+                f"unknown purifier {kind!r}; known: {', '.join(PURIFIER_KINDS)}",
+            )
+        for kind in self.transforms:
+            _require(
+                kind in TRANSFORM_KINDS,
+                f"unknown transform kind {kind!r}; known: {', '.join(TRANSFORM_KINDS)}",
+            )
 
 
-SMOKE = Profile("smoke", data=DataConfig(train_subset=256, n_eval=16))
-QUICK = Profile("quick", data=DataConfig(train_subset=0, n_eval=512))
-PAPER = Profile("paper", data=DataConfig(train_subset=0, n_eval=512))
+SMOKE = Profile(
+    "smoke",
+    data=DataConfig(train_subset=256, n_eval=16),
+    classifier=ClassifierConfig(epochs=1, batch_size=64, train_subset=256),
+    purifier=PurifierConfig(width=8, epochs=1, batch_size=32, train_subset=128),
+    finetune=FinetuneConfig(epochs=1, batch_size=32, train_subset=64),
+)
+QUICK = Profile(
+    "quick",
+    data=DataConfig(train_subset=0, n_eval=512),
+    datasets=("cifar10",),
+    classifier=ClassifierConfig(epochs=8),
+    purifier=PurifierConfig(width=16, epochs=2, train_subset=25_000),
+    finetune=FinetuneConfig(epochs=1, train_subset=10_000),
+)
+PAPER = Profile(
+    "paper",
+    data=DataConfig(train_subset=0, n_eval=512),
+    classifier=ClassifierConfig(
+        arch="resnet18", arch_large="resnet34", epochs=100, batch_size=128, lr=0.1
+    ),
+    purifier=PurifierConfig(width=48, epochs=30, batch_size=16, lr=1e-4),
+    finetune=FinetuneConfig(epochs=60, batch_size=8, lr=1e-4),
+    baselines=("pgd",),
+)
 PROFILES = {p.name: p for p in (SMOKE, QUICK, PAPER)}
+
+
+def with_fields(cfg, **overrides: object):
+    """A copy of a frozen config with `overrides` applied; unknown names are refused by name."""
+    known = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(overrides) - known)
+    _require(
+        not unknown,
+        f"unknown {type(cfg).__name__} field(s) {unknown}; known: {', '.join(sorted(known))}",
+    )
+    return dataclasses.replace(cfg, **overrides)
 
 
 def get_profile(name: str, **overrides: object) -> Profile:
     """The named profile, with top-level fields replaced by `overrides` (validated)."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
-    return dataclasses.replace(PROFILES[name], **overrides) if overrides else PROFILES[name]
+    return with_fields(PROFILES[name], **overrides)

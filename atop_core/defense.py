@@ -1,0 +1,166 @@
+"""The defended model x ↦ f(g(t(x))): random transform, purifier, frozen classifier (DESIGN §1, §3).
+
+Stochastic and differentiable end to end, so attacks can see exactly what the defense computes.
+EOT draws are batched (the batch is repeated K times and run in one forward), never looped.
+"""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig
+from atop_core.io import read_json, save_torch, sha256_file, write_json
+from atop_core.nets.classifiers import build_classifier
+from atop_core.nets.purifiers import build_purifier
+from atop_core.transforms import RandomTransform
+
+DEFENSE_MODES = ("eot", "vote")
+DEFENSE_FORMAT = 1
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no parameter gradients: the classifier f is never trained through."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class DefendedModel(nn.Module):
+    """[0,1] images (B, C, H, W) -> logits (B, classes).
+
+    mode "eot": mean logits over `eot` draws of the transform (differentiable).
+    mode "vote": majority vote over `eot` draws, returned as vote fractions (ties go to the class
+    with the higher mean probability); use it to judge a defense, not to attack it.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        purifier: nn.Module | None,
+        transform: RandomTransform,
+        eot: int = 1,
+        mode: str = "eot",
+    ) -> None:
+        super().__init__()
+        if eot < 1:
+            raise ValueError(f"eot must be >= 1 draw, got {eot}")
+        if mode not in DEFENSE_MODES:
+            raise ValueError(f"unknown defense mode {mode!r}; known: {', '.join(DEFENSE_MODES)}")
+        self.classifier = freeze(classifier)
+        self.purifier = purifier
+        self.transform = transform
+        self.eot, self.mode = eot, mode
+
+    def train(self, mode: bool = True) -> "DefendedModel":
+        super().train(mode)
+        self.classifier.eval()  # frozen, whatever the caller asks of the rest
+        return self
+
+    def purify(self, x: Tensor) -> Tensor:
+        """g(t(x)) for one draw per image: the image the classifier sees."""
+        copies, keep = self.transform(x)
+        filled = copies if self.purifier is None else self.purifier(copies, keep)
+        return self.transform.combine(filled, keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        draws = x.repeat(self.eot, 1, 1, 1) if self.eot > 1 else x
+        logits = self.classifier(self.purify(draws)).view(self.eot, b, -1)
+        if self.mode == "eot":
+            return logits.mean(0)
+        votes = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float().mean(0)
+        tie_break = logits.softmax(-1).mean(0) / (self.eot + 1)  # < one vote's weight
+        return votes + tie_break
+
+
+# --- saving and loading -----------------------------------------------------------------------
+
+
+def save_defense(
+    path: Path,
+    classifier: nn.Module,
+    purifier: nn.Module | None,
+    *,
+    dataset: str,
+    num_classes: int,
+    image_size: int,
+    classifier_cfg: ClassifierConfig,
+    purifier_cfg: PurifierConfig | None,
+    transform_cfg: TransformConfig,
+    atop: bool,
+    extra: dict | None = None,
+) -> dict:
+    """One self-contained file (both networks' weights and how to rebuild them) plus a JSON sidecar
+    naming its parts; returns the sidecar."""
+    meta = {
+        "format": DEFENSE_FORMAT,
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "image_size": image_size,
+        "classifier": asdict(classifier_cfg),
+        "classifier_arch": classifier_cfg.arch_for(image_size),
+        "purifier": asdict(purifier_cfg) if purifier_cfg else None,
+        "transform": asdict(transform_cfg),
+        "atop": atop,
+        **(extra or {}),
+    }
+    blob = {
+        "meta": meta,
+        "classifier": classifier.state_dict(),
+        "purifier": purifier.state_dict() if purifier is not None else None,
+    }
+    meta = {**meta, "sha256": save_torch(path, blob), "file": Path(path).name}
+    write_json(Path(path).with_suffix(".json"), meta)
+    return meta
+
+
+def load_defense(
+    path: str | Path,
+    device: torch.device | str | None = None,
+    *,
+    eot: int = 1,
+    mode: str = "eot",
+    seed: int = 0,
+    transform: TransformConfig | None = None,
+) -> DefendedModel:
+    """A `DefendedModel` in eval mode from `save_defense`'s file; `transform` swaps the transform
+    (for example RT3 at test time on a purifier trained with RT2). The file's SHA-256 is checked
+    against its sidecar when one exists."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no defense checkpoint at {path}; train one first (atop_core.train) or check the path"
+        )
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists() and read_json(sidecar).get("sha256") != sha256_file(path):
+        raise ValueError(
+            f"{path} does not match the SHA-256 in {sidecar}: the file changed or is "
+            "damaged; retrain it or restore the pair"
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    meta = blob["meta"]
+    classifier = build_classifier(
+        meta["classifier_arch"],
+        meta["num_classes"],
+        meta["image_size"],
+        **_width(meta["classifier"]["width"]),
+    )
+    classifier.load_state_dict(blob["classifier"])
+    purifier = None
+    if meta["purifier"] is not None:
+        p = meta["purifier"]
+        purifier = build_purifier(
+            p["kind"], width=p["width"], image_size=meta["image_size"], work_size=p["work_size"]
+        )
+        purifier.load_state_dict(blob["purifier"])
+    t_cfg = transform or TransformConfig(**meta["transform"])
+    model = DefendedModel(classifier, purifier, RandomTransform(t_cfg, seed=seed), eot, mode)
+    model.meta = meta
+    return model.to(device or "cpu").eval()
+
+
+def _width(width: int) -> dict:
+    return {"width": width} if width else {}

@@ -1,0 +1,356 @@
+"""The method's chain for one dataset and profile: classifier -> purifier pretraining -> AToP.
+
+Every artifact is named by a hash of the configuration that made it (and of its inputs'), written
+under `checkpoints/<profile>/<dataset>/`, and skipped when already complete, so a rerun resumes
+where the last one stopped. RT3 has no training recipe of its own (the authors had none either):
+its defenses reuse the purifier trained with RT2, whose noise and masks RT3 applies N times.
+"""
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from atop_core.config import Profile, TransformConfig, config_hash, settings
+from atop_core.data import ImageTensorDataset, eval_indices, load_dataset
+from atop_core.defense import DefendedModel, freeze, save_defense
+from atop_core.io import write_json
+from atop_core.nets.classifiers import build_classifier, load_external_state_dict
+from atop_core.nets.purifiers import build_discriminator, build_purifier
+from atop_core.train import (
+    TrainState,
+    accuracy,
+    classifier_state,
+    classifier_step,
+    epoch_batches,
+    fgsm,
+    finetune_step,
+    fit,
+    pgd,
+    pretrain_step,
+    purifier_state,
+)
+from atop_core.transforms import RandomTransform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """uint8 images (N, C, H, W) and labels, held in memory."""
+
+    images: Tensor
+    labels: Tensor
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    name: str
+    train: ImageTensorDataset
+    eval: Split  # the fixed evaluation subset (DESIGN §4)
+    num_classes: int
+    image_size: int
+
+    def train_subset(self, n: int, seed: int) -> Split:
+        """The first `n` images of a seeded shuffle of the train split (all of it when n is 0)."""
+        if not n or n >= len(self.train):
+            return Split(self.train.images, self.train.labels)
+        idx = epoch_batches(len(self.train), len(self.train), seed, epoch=-1)[0][:n]
+        return Split(self.train.images[idx], self.train.labels[idx])
+
+
+def load_bundle(profile: Profile, dataset: str) -> DataBundle:
+    train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    n = min(profile.data.n_eval, len(test))
+    idx = eval_indices(dataset, n, profile.data.eval_seed, size=len(test))
+    sub = test.subset(idx)
+    return DataBundle(
+        dataset, train, Split(sub.images, sub.labels), len(train.classes), train.images.shape[-1]
+    )
+
+
+def stage_dir(profile: Profile, dataset: str) -> Path:
+    return settings().checkpoints_dir / profile.name / dataset
+
+
+def training_transform(profile: Profile, rt: str) -> TransformConfig:
+    """The transform a purifier for defense `rt` is trained with (RT3 reuses RT2's; see above)."""
+    return dataclasses.replace(profile.transform, kind="rt2" if rt == "rt3" else rt)
+
+
+def defense_transform(profile: Profile, rt: str) -> TransformConfig:
+    return dataclasses.replace(profile.transform, kind=rt)
+
+
+def _hash(*parts: object) -> str:
+    return config_hash(
+        _Parts(tuple(dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts))
+    )
+
+
+@dataclass(frozen=True)
+class _Parts:
+    parts: tuple
+
+
+# --- stage 1: the classifier ---------------------------------------------------------------------
+
+
+def classifier_path(profile: Profile, data: DataBundle, adv: str | None = None) -> Path:
+    cfg = dataclasses.replace(profile.classifier, adv=adv or profile.classifier.adv)
+    arch = cfg.arch_for(data.image_size)
+    return stage_dir(profile, data.name) / f"classifier-{arch}-{cfg.adv}-{_hash(cfg, data.name)}.pt"
+
+
+def get_classifier(
+    profile: Profile, data: DataBundle, device: torch.device, adv: str | None = None
+) -> nn.Module:
+    """The trained, frozen classifier (trained now unless a complete checkpoint exists), or the
+    user's weights when `weights` is set. `adv` picks an adversarially trained baseline."""
+    cfg = dataclasses.replace(profile.classifier, adv=adv or profile.classifier.adv)
+    width = {"width": cfg.width} if cfg.width else {}
+    model = build_classifier(
+        cfg.arch_for(data.image_size), data.num_classes, data.image_size, **width
+    ).to(device, memory_format=torch.channels_last)
+    if cfg.weights:
+        return freeze(load_external_state_dict(model, cfg.weights, map_location=device))
+    train = data.train_subset(cfg.train_subset, cfg.seed)
+    steps = len(epoch_batches(len(train.images), cfg.batch_size, cfg.seed, 0))
+    state = classifier_state(model, cfg, steps)
+    path = classifier_path(profile, data, adv)
+    fit(
+        f"classifier/{cfg.adv}",
+        state,
+        classifier_step(state, cfg),
+        train.images,
+        train.labels,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        ckpt_path=path,
+        device=device,
+        eval_fn=lambda: {"eval_acc": accuracy(model, *_eval(data), device)},
+    )
+    return freeze(model)
+
+
+def _eval(data: DataBundle) -> tuple[Tensor, Tensor]:
+    return data.eval.images, data.eval.labels
+
+
+# --- stages 2 and 3: purifier pretraining and AToP fine-tuning ------------------------------------
+
+
+def _purifier_models(profile: Profile, kind: str, data: DataBundle, device: torch.device):
+    cfg = dataclasses.replace(profile.purifier, kind=kind)
+    purifier = build_purifier(
+        kind, width=cfg.width, image_size=data.image_size, work_size=cfg.work_size
+    ).to(device)
+    disc = (
+        build_discriminator(width=cfg.width, image_size=data.image_size).to(device)
+        if kind == "gan"
+        else None
+    )
+    return cfg, purifier, disc
+
+
+def _defense_acc(
+    classifier: nn.Module,
+    purifier: nn.Module,
+    t_cfg: TransformConfig,
+    data: DataBundle,
+    device: torch.device,
+    seed: int,
+) -> float:
+    defense = DefendedModel(classifier, purifier, RandomTransform(t_cfg, seed=seed))
+    return accuracy(defense, *_eval(data), device, batch_size=128)
+
+
+def pretrain_path(profile: Profile, kind: str, rt: str, data: DataBundle) -> Path:
+    cfg = dataclasses.replace(profile.purifier, kind=kind)
+    t_cfg = training_transform(profile, rt)
+    return stage_dir(profile, data.name) / (
+        f"purifier-{kind}-{t_cfg.kind}-pretrain-{_hash(cfg, t_cfg, data.name)}.pt"
+    )
+
+
+def get_pretrained(
+    profile: Profile,
+    kind: str,
+    rt: str,
+    data: DataBundle,
+    classifier: nn.Module,
+    device: torch.device,
+) -> TrainState:
+    """Purifier (and discriminator) after pretraining on clean data with L_df."""
+    cfg, purifier, disc = _purifier_models(profile, kind, data, device)
+    t_cfg = training_transform(profile, rt)
+    state = purifier_state(purifier, disc, cfg.lr, cfg.betas)
+    train = data.train_subset(cfg.train_subset, cfg.seed)
+    transform = RandomTransform(t_cfg, seed=cfg.seed + 1)
+    fit(
+        f"pretrain {kind}/{t_cfg.kind}",
+        state,
+        pretrain_step(state, transform, cfg),
+        train.images,
+        train.labels,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        ckpt_path=pretrain_path(profile, kind, rt, data),
+        device=device,
+        eval_fn=lambda: {"eval_acc": _defense_acc(classifier, purifier, t_cfg, data, device, 0)},
+    )
+    return state
+
+
+def finetune_path(profile: Profile, kind: str, rt: str, data: DataBundle) -> Path:
+    pre = pretrain_path(profile, kind, rt, data).stem
+    cls = classifier_path(profile, data).stem
+    return stage_dir(profile, data.name) / (
+        f"purifier-{kind}-{training_transform(profile, rt).kind}-atop-"
+        f"{_hash(profile.finetune, pre, cls)}.pt"
+    )
+
+
+def get_finetuned(
+    profile: Profile,
+    kind: str,
+    rt: str,
+    data: DataBundle,
+    classifier: nn.Module,
+    device: torch.device,
+) -> TrainState:
+    """AToP: the pretrained purifier fine-tuned through the frozen classifier."""
+    cfg = profile.finetune
+    pretrained = get_pretrained(profile, kind, rt, data, classifier, device)
+    p_cfg, purifier, disc = _purifier_models(profile, kind, data, device)
+    purifier.load_state_dict(pretrained.models["purifier"].state_dict())
+    if disc is not None:
+        disc.load_state_dict(pretrained.models["discriminator"].state_dict())
+    state = purifier_state(purifier, disc, cfg.lr, p_cfg.betas)
+    t_cfg = training_transform(profile, rt)
+    transform = RandomTransform(t_cfg, seed=cfg.seed + 2)
+    attack_model = (
+        classifier
+        if cfg.attack_on == "classifier"
+        else DefendedModel(classifier, purifier, RandomTransform(t_cfg, seed=cfg.seed + 3))
+    )
+
+    def make_adversarial(x: Tensor, y: Tensor) -> Tensor:
+        purifier.eval()
+        if cfg.attack == "fgsm":
+            return fgsm(attack_model, x, y, cfg.eps)
+        return pgd(attack_model, x, y, cfg.eps, cfg.steps)
+
+    train = data.train_subset(cfg.train_subset, cfg.seed)
+    step = finetune_step(state, transform, classifier, cfg, p_cfg.gan_weight, make_adversarial)
+    fit(
+        f"atop {kind}/{t_cfg.kind}",
+        state,
+        step,
+        train.images,
+        train.labels,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        ckpt_path=finetune_path(profile, kind, rt, data),
+        device=device,
+        eval_fn=lambda: {"eval_acc": _defense_acc(classifier, purifier, t_cfg, data, device, 0)},
+    )
+    return state
+
+
+# --- the whole chain -----------------------------------------------------------------------------
+
+
+def defense_path(profile: Profile, dataset: str, kind: str, rt: str, atop: bool) -> Path:
+    return stage_dir(profile, dataset) / f"defense-{kind}-{rt}-{'atop' if atop else 'plain'}.pt"
+
+
+def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[dict]:
+    """Train (or reuse) every stage for `dataset` and save the defenses: the bare classifier, each
+    adversarially trained baseline, and one per purifier × transform × AToP. Returns their
+    sidecars, each with its clean accuracy on the fixed evaluation subset."""
+    data = load_bundle(profile, dataset)
+    classifier = get_classifier(profile, data, device)
+    cls_acc = accuracy(classifier, *_eval(data), device)
+    common = {"dataset": dataset, "num_classes": data.num_classes, "image_size": data.image_size}
+    none = dataclasses.replace(profile.transform, kind="none")
+    saved = [
+        save_defense(
+            defense_path(profile, dataset, "none", "none", False),
+            classifier,
+            None,
+            classifier_cfg=profile.classifier,
+            purifier_cfg=None,
+            transform_cfg=none,
+            atop=False,
+            **common,
+            extra=_extra(profile, cls_acc, cls_acc, data, None, []),
+        )
+    ]
+    for adv in profile.baselines:
+        robust = get_classifier(profile, data, device, adv=adv)
+        saved.append(
+            save_defense(
+                stage_dir(profile, dataset) / f"defense-none-none-at-{adv}.pt",
+                robust,
+                None,
+                classifier_cfg=dataclasses.replace(profile.classifier, adv=adv),
+                purifier_cfg=None,
+                transform_cfg=none,
+                atop=False,
+                **common,
+                extra=_extra(
+                    profile, cls_acc, accuracy(robust, *_eval(data), device), data, None, []
+                ),
+            )
+        )
+    for kind in profile.purifiers:
+        for rt in profile.transforms:
+            for atop in (False, True):
+                get = get_finetuned if atop else get_pretrained
+                state = get(profile, kind, rt, data, classifier, device)
+                purifier = state.models["purifier"]
+                t_cfg = defense_transform(profile, rt)
+                acc = _defense_acc(classifier, purifier, t_cfg, data, device, 0)
+                saved.append(
+                    save_defense(
+                        defense_path(profile, dataset, kind, rt, atop),
+                        classifier,
+                        purifier,
+                        classifier_cfg=profile.classifier,
+                        transform_cfg=t_cfg,
+                        atop=atop,
+                        purifier_cfg=dataclasses.replace(profile.purifier, kind=kind),
+                        **common,
+                        extra=_extra(
+                            profile,
+                            cls_acc,
+                            acc,
+                            data,
+                            profile.finetune if atop else None,
+                            state.log,
+                        ),
+                    )
+                )
+    write_json(
+        stage_dir(profile, dataset) / "defenses.json",
+        [{k: v for k, v in s.items() if k != "training_log"} for s in saved],
+    )
+    return saved
+
+
+def _extra(profile: Profile, cls_acc: float, acc: float, data: DataBundle, finetune, log) -> dict:
+    return {
+        "profile": profile.name,
+        "classifier_eval_acc": cls_acc,
+        "eval_acc_single_draw": acc,
+        "n_eval": len(data.eval.labels),
+        "training_log": log,
+        "finetune": dataclasses.asdict(finetune) if finetune else None,
+    }

@@ -1,0 +1,336 @@
+"""Training: the classifier f, purifier pretraining with L_df, and AToP fine-tuning (DESIGN §3).
+
+Each stage is a `*_step` function (one batch in, a dict of losses out) driven by `fit`, which owns
+the loop, the progress bar, atomic checkpoints, resume and the per-epoch JSON log. Data order and
+augmentation are drawn from generators seeded by (seed, epoch, step), so a resumed run repeats
+exactly what an uninterrupted one would have done.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from atop_core.config import ClassifierConfig, FinetuneConfig, PurifierConfig
+from atop_core.io import save_torch, write_json
+from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
+from atop_core.transforms import RandomTransform
+
+StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, float]]
+EvalFn = Callable[[], dict[str, float]]
+
+
+@dataclass
+class TrainState:
+    """Everything a stage must save to resume: networks, optimizers, schedules, position, log."""
+
+    models: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = field(default_factory=dict)
+    epoch: int = 0
+    step: int = 0  # batches done in the current epoch
+    log: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {
+            "models": {k: m.state_dict() for k, m in self.models.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "epoch": self.epoch,
+            "step": self.step,
+            "log": self.log,
+        }
+
+    def load_state_dict(self, blob: dict) -> None:
+        for group, parts in (
+            ("models", self.models),
+            ("optimizers", self.optimizers),
+            ("schedulers", self.schedulers),
+        ):
+            for k, part in parts.items():
+                part.load_state_dict(blob[group][k])
+        self.epoch, self.step, self.log = blob["epoch"], blob["step"], blob["log"]
+
+
+def _generator(*keys: int) -> torch.Generator:
+    seed = 0
+    for k in keys:
+        seed = (seed * 1_000_003 + k) % (2**63)
+    return torch.Generator().manual_seed(seed)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
+    """The epoch's shuffled index batches; the last partial batch is dropped (as the authors'
+    loaders did)."""
+    order = torch.randperm(n, generator=_generator(seed, epoch))
+    full = max(n // batch_size, 1)
+    return list(order[: full * batch_size].view(full, -1)) if n >= batch_size else [order]
+
+
+def augment(x: Tensor, g: torch.Generator) -> Tensor:
+    """Per-sample random translation (reflect-padded by 1/8 of the side) and horizontal flip."""
+    n, c, h, w = x.shape
+    pad = max(h // 8, 1)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(c, device=x.device)[None, :, None, None],
+        rows,
+        cols,
+    ]
+    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, out.flip(3), out)
+
+
+def fit(
+    name: str,
+    state: TrainState,
+    step_fn: StepFn,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    ckpt_path: Path,
+    device: torch.device,
+    eval_fn: EvalFn | None = None,
+    save_every_s: float = 120.0,
+) -> TrainState:
+    """Run `step_fn` over shuffled uint8 `images` until `epochs` are done, resuming from
+    `ckpt_path` when it holds an unfinished run; returns the state with its per-epoch log."""
+    ckpt_path = Path(ckpt_path)
+    if ckpt_path.exists():
+        state.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False))
+    last_save = time.monotonic()
+    while state.epoch < epochs:
+        start, sums, count = time.monotonic(), {}, 0
+        batches = epoch_batches(len(images), batch_size, seed, state.epoch)
+        bar = tqdm(
+            batches,
+            desc=f"{name} epoch {state.epoch + 1}/{epochs}",
+            initial=state.step,
+            total=len(batches),
+            leave=False,
+        )
+        for idx in batches[state.step :]:
+            x = images[idx].to(device, non_blocking=True).float().div_(255)
+            metrics = step_fn(x, labels[idx].to(device), _generator(seed, state.epoch, state.step))
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count, state.step = count + 1, state.step + 1
+            bar.update()
+            bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()})
+            if time.monotonic() - last_save > save_every_s:
+                save_torch(ckpt_path, state.state_dict())
+                last_save = time.monotonic()
+        bar.close()
+        record = {
+            "epoch": state.epoch + 1,
+            **{k: v / max(count, 1) for k, v in sums.items()},
+            "train_s": round(time.monotonic() - start, 1),
+        }
+        record.update(eval_fn() if eval_fn else {})
+        state.log.append(record)
+        state.epoch, state.step = state.epoch + 1, 0
+        save_torch(ckpt_path, state.state_dict())
+        write_json(ckpt_path.with_suffix(".log.json"), state.log)
+        last_save = time.monotonic()
+    return state
+
+
+# --- the classifier -----------------------------------------------------------------------------
+
+
+def classifier_state(model: nn.Module, cfg: ClassifierConfig, steps_per_epoch: int) -> TrainState:
+    """SGD with Nesterov momentum; the learning rate rises linearly for the first quarter of the
+    run, then falls linearly to zero (a triangular one-cycle schedule)."""
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+    )
+    total = cfg.epochs * steps_per_epoch
+    warm = max(1, total // 4)
+
+    def factor(step: int) -> float:
+        return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(total - warm, 1))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return TrainState({"classifier": model}, {"classifier": opt}, {"classifier": sched})
+
+
+def classifier_step(state: TrainState, cfg: ClassifierConfig) -> StepFn:
+    model, opt = state.models["classifier"], state.optimizers["classifier"]
+    sched = state.schedulers["classifier"]
+
+    def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
+        x = augment(x, g).contiguous(memory_format=torch.channels_last)
+        if cfg.adv != "none":
+            x = adversarial_training_examples(model, x, y, cfg, g)
+        model.train()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+
+    return step
+
+
+def adversarial_training_examples(
+    model: nn.Module, x: Tensor, y: Tensor, cfg: ClassifierConfig, g: torch.Generator
+) -> Tensor:
+    """The adversarial-training baseline's inputs: FGSM with a random start and step 1.25·ε (Wong
+    et al. 2020) or PGD-k (Madry et al. 2018)."""
+    model.eval()
+    if cfg.adv == "fgsm-rs":
+        return pgd(model, x, y, cfg.adv_eps, steps=1, g=g, alpha=1.25 * cfg.adv_eps)
+    return pgd(model, x, y, cfg.adv_eps, steps=cfg.adv_steps, g=g)
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module, images: Tensor, labels: Tensor, device: torch.device, batch_size: int = 500
+) -> float:
+    """Top-1 accuracy of `model` on uint8 `images` (model put in eval mode)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device).float().div_(255)
+        correct += (model(x).argmax(1).cpu() == labels[i : i + batch_size]).sum().item()
+    return correct / len(images)
+
+
+# --- the purifier: pretraining (L_df) and AToP fine-tuning --------------------------------------
+
+
+def purifier_state(
+    purifier: nn.Module, discriminator: nn.Module | None, lr: float, betas: tuple[float, float]
+) -> TrainState:
+    """Adam for g and, for the GAN, its own Adam for D (DeepFillv2's, kept by the authors)."""
+    models = {"purifier": purifier}
+    opts = {"purifier": torch.optim.Adam(purifier.parameters(), lr=lr, betas=betas)}
+    if discriminator is not None:
+        models["discriminator"] = discriminator
+        opts["discriminator"] = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+    return TrainState(models, opts)
+
+
+def l_df(
+    purifier: nn.Module,
+    discriminator: nn.Module | None,
+    copies: Tensor,
+    keep: Tensor,
+    target: Tensor,
+    gan_weight: float,
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """L_df for g: ℓ1 of every stage against `target`, plus the hinge GAN term when there is a D.
+    Returns (loss, last-stage output, metrics)."""
+    stages = purifier.stages(copies, keep)
+    l1 = sum(F.l1_loss(s, target) for s in stages)
+    metrics = {"l1": stages[-1].sub(target).abs().mean().item()}
+    loss = l1
+    if discriminator is not None:
+        g_adv = g_hinge_loss(discriminator(stages[-1], keep))
+        loss = loss + gan_weight * g_adv
+        metrics["g_adv"] = g_adv.item()
+    return loss, stages[-1], metrics
+
+
+def discriminator_step(state: TrainState, real: Tensor, fake: Tensor, keep: Tensor) -> float:
+    disc, opt = state.models["discriminator"], state.optimizers["discriminator"]
+    loss = d_hinge_loss(disc(real, keep), disc(fake.detach(), keep))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def pretrain_step(state: TrainState, transform: RandomTransform, cfg: PurifierConfig) -> StepFn:
+    """Pretraining on clean data: g learns to undo the random transform."""
+    purifier, opt = state.models["purifier"], state.optimizers["purifier"]
+    disc = state.models.get("discriminator")
+
+    def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
+        x = augment(x, g)
+        purifier.train()
+        copies, keep = transform(x)
+        loss, out, metrics = l_df(purifier, disc, copies, keep, x, cfg.gan_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if disc is not None:  # after g's step: D's update must not touch g's graph
+            metrics["d"] = discriminator_step(state, x, out, keep)
+        return metrics
+
+    return step
+
+
+def finetune_step(
+    state: TrainState,
+    transform: RandomTransform,
+    classifier: nn.Module,
+    cfg: FinetuneConfig,
+    gan_weight: float,
+    make_adversarial: Callable[[Tensor, Tensor], Tensor],
+) -> StepFn:
+    """AToP: L_df(x') + λ·CE(y, f(g(t(x')))); f is frozen, so only g (and D) move."""
+    purifier, opt = state.models["purifier"], state.optimizers["purifier"]
+    disc = state.models.get("discriminator")
+
+    def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
+        x_adv = make_adversarial(x, y)
+        target = x_adv if cfg.target == "adv" else x
+        purifier.train()
+        copies, keep = transform(x_adv)
+        loss, out, metrics = l_df(purifier, disc, copies, keep, target, gan_weight)
+        logits = classifier(transform.combine(out, keep))
+        ce = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        (loss + cfg.lam * ce).backward()
+        opt.step()
+        if disc is not None:
+            metrics["d"] = discriminator_step(state, target, out, keep)
+        metrics.update(ce=ce.item(), acc=(logits.argmax(1) == y).float().mean().item())
+        return metrics
+
+    return step
+
+
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
+    """One signed-gradient step of size ε on `model` (Goodfellow et al. 2015); the paper's
+    fine-tuning attack, computed on the bare classifier in the authors' code."""
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
+    return (x + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int,
+    g: torch.Generator | None = None,
+    alpha: float | None = None,
+) -> Tensor:
+    """PGD-k in L∞ with a random start, step 2.5·ε/k by default (Madry et al. 2018). Written here
+    rather than taken from torchattacks, which draws its random start from the global generator."""
+    alpha = 2.5 * eps / steps if alpha is None else alpha
+    delta = (torch.rand(x.shape, generator=g).to(x.device) * 2 - 1) * eps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0, 1).detach()

@@ -1,0 +1,116 @@
+"""The defended model: frozen classifier, batched EOT, voting, save/load round trip."""
+
+import pytest
+import torch
+
+from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig
+from atop_core.defense import DefendedModel, load_defense, save_defense
+from atop_core.nets.classifiers import build_classifier
+from atop_core.nets.purifiers import build_purifier
+from atop_core.transforms import RandomTransform
+
+SIZE = 32
+
+
+def _defense(eot=1, mode="eot", kind="rt2", purifier_kind="ae", seed=0):
+    torch.manual_seed(0)
+    classifier = build_classifier("small", 10, SIZE, width=0.25)
+    purifier = build_purifier(purifier_kind, width=4, image_size=SIZE)
+    transform = RandomTransform(TransformConfig(kind=kind), seed=seed)
+    return DefendedModel(classifier, purifier, transform, eot=eot, mode=mode)
+
+
+def _x(b=3):
+    return torch.rand(b, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def test_logits_have_one_row_per_image_for_any_eot():
+    for eot in (1, 4):
+        assert _defense(eot=eot)(_x()).shape == (3, 10)
+
+
+def test_eot_averages_the_logits_of_independent_draws():
+    one, four = _defense(eot=1, seed=5), _defense(eot=4, seed=5)
+    x = _x()
+    draws = torch.stack([one(x) for _ in range(4)])  # four sequential single draws
+    assert torch.allclose(four(x), draws.mean(0), atol=1e-5)
+
+
+def test_vote_mode_returns_vote_fractions_with_a_tie_break():
+    votes = _defense(eot=5, mode="vote")(_x())
+    assert torch.all(votes.sum(1) > 0.99) and torch.all(votes.sum(1) < 1.0 + 1 / 6 + 1e-5)
+
+
+def test_gradients_reach_the_input_but_never_the_classifier():
+    model = _defense(eot=2)
+    x = _x().requires_grad_(True)
+    model(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.classifier.parameters())
+    assert any(p.grad is not None for p in model.purifier.parameters())
+
+
+def test_train_mode_keeps_the_classifier_in_eval_mode():
+    model = _defense().train()
+    assert model.purifier.training and not model.classifier.training
+
+
+def test_rt3_defense_purifies_n_copies_and_combines_them():
+    model = _defense(kind="rt3")
+    assert model.purify(_x()).shape == (3, 3, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("purifier_kind", ["ae", "gan"])
+def test_checkpoint_round_trip_gives_identical_outputs_under_the_same_seed(tmp_path, purifier_kind):
+    model = _defense(purifier_kind=purifier_kind, seed=7)
+    meta = save_defense(
+        tmp_path / "d.pt",
+        model.classifier,
+        model.purifier,
+        dataset="cifar10",
+        num_classes=10,
+        image_size=SIZE,
+        classifier_cfg=ClassifierConfig(width=0.25),
+        purifier_cfg=PurifierConfig(kind=purifier_kind, width=4),
+        transform_cfg=TransformConfig(kind="rt2"),
+        atop=True,
+    )
+    loaded = load_defense(tmp_path / "d.pt", seed=7)
+    model.eval()
+    assert torch.equal(model(_x()), loaded(_x()))
+    assert not loaded.training and loaded.meta["atop"] is True
+    assert (tmp_path / "d.json").exists() and len(meta["sha256"]) == 64
+
+
+def test_changed_checkpoint_is_refused(tmp_path):
+    model = _defense()
+    save_defense(
+        tmp_path / "d.pt",
+        model.classifier,
+        model.purifier,
+        dataset="cifar10",
+        num_classes=10,
+        image_size=SIZE,
+        classifier_cfg=ClassifierConfig(width=0.25),
+        purifier_cfg=PurifierConfig(kind="ae", width=4),
+        transform_cfg=TransformConfig(),
+        atop=False,
+    )
+    with open(tmp_path / "d.pt", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(ValueError, match="does not match the SHA-256"):
+        load_defense(tmp_path / "d.pt")
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no defense checkpoint at .*nothing.pt"):
+        load_defense(tmp_path / "nothing.pt")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"eot": 0}, "eot must be >= 1"), ({"mode": "mean"}, "unknown defense mode 'mean'")],
+)
+def test_bad_defense_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _defense(**kwargs)

@@ -1,0 +1,85 @@
+"""The chain classifier -> pretraining -> AToP on a tiny self-made dataset."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from atop_core import pipeline
+from atop_core.config import DataConfig, get_profile, with_fields
+from atop_core.defense import load_defense
+from atop_core.nets.classifiers import build_classifier
+from tests.conftest import write_tree
+
+
+@pytest.fixture()
+def tiny_profile(tmp_path, monkeypatch):
+    write_tree(tmp_path / "data", "cifar10", per_class=4)
+    monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path / "data"))
+    smoke = get_profile("smoke")
+    return get_profile(
+        "smoke",
+        data=DataConfig(n_eval=8),
+        transforms=("rt1", "rt3"),
+        classifier=with_fields(smoke.classifier, batch_size=16, width=0.25),
+        purifier=with_fields(smoke.purifier, width=4, batch_size=16, train_subset=32),
+        finetune=with_fields(smoke.finetune, batch_size=16, train_subset=16),
+    )
+
+
+def _refuse_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        def step(*a):
+            raise AssertionError("retrained a stage whose checkpoint was complete")
+
+        return step
+
+    for name in ("classifier_step", "pretrain_step", "finetune_step"):
+        monkeypatch.setattr(pipeline, name, refuse)
+
+
+@pytest.mark.slow
+def test_chain_saves_every_defense_and_a_rerun_trains_nothing(tiny_profile, monkeypatch):
+    saved = pipeline.train_chain(tiny_profile, "cifar10", torch.device("cpu"))
+    names = sorted(s["file"] for s in saved)
+    assert names == sorted(
+        f"defense-{k}-{rt}-{a}.pt"
+        for k in ("gan", "ae")
+        for rt in ("rt1", "rt3")
+        for a in ("plain", "atop")
+    )
+    folder = Path(os.environ["ATOP_HOME"]) / "checkpoints" / "smoke" / "cifar10"
+    index = json.loads((folder / "defenses.json").read_text())
+    assert {e["transform"]["kind"] for e in index} == {"none", "rt1", "rt3"}
+    assert all(0 <= e["eval_acc_single_draw"] <= 1 and e["n_eval"] == 8 for e in index)
+    # RT3 reuses the RT2-trained purifier: two pretrainings and two fine-tunings per kind
+    assert len(list(folder.glob("purifier-gan-*-pretrain-*.pt"))) == 2
+    assert len(list(folder.glob("purifier-gan-rt2-atop-*.pt"))) == 1
+    model = load_defense(pipeline.defense_path(tiny_profile, "cifar10", "ae", "rt3", True), eot=2)
+    assert model.transform.cfg.kind == "rt3" and model.meta["atop"] is True
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    _refuse_training(monkeypatch)
+    again = pipeline.train_chain(tiny_profile, "cifar10", torch.device("cpu"))
+    assert [s["sha256"] for s in again] == [s["sha256"] for s in saved]
+
+
+def test_changed_config_gets_a_new_checkpoint_name(tiny_profile):
+    data = pipeline.load_bundle(tiny_profile, "cifar10")
+    other = get_profile("smoke", finetune=with_fields(tiny_profile.finetune, lam=0.1))
+    changed = dict(tiny_profile.__dict__, finetune=other.finetune)
+    assert pipeline.finetune_path(tiny_profile, "gan", "rt2", data) != pipeline.finetune_path(
+        type(tiny_profile)(**changed), "gan", "rt2", data
+    )
+
+
+def test_user_weights_are_loaded_instead_of_training(tiny_profile, tmp_path, monkeypatch):
+    data = pipeline.load_bundle(tiny_profile, "cifar10")
+    source = build_classifier("small", 10, 32, width=0.25)
+    torch.save(source.state_dict(), tmp_path / "mine.pt")
+    cfg = with_fields(tiny_profile.classifier, weights=str(tmp_path / "mine.pt"))
+    _refuse_training(monkeypatch)
+    model = pipeline.get_classifier(with_fields(tiny_profile, classifier=cfg), data, "cpu")
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model(x), source.eval()(x), atol=1e-5)  # channels_last vs not
