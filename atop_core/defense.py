@@ -65,10 +65,13 @@ class DefendedModel(nn.Module):
         filled = copies if self.purifier is None else self.purifier(copies, keep)
         return self.transform.combine(filled, keep)
 
+    def draw_logits(self, x: Tensor, draws: int) -> Tensor:
+        """(draws, B, classes): logits of `draws` independent transform draws, in one batch."""
+        repeated = x.repeat(draws, 1, 1, 1) if draws > 1 else x
+        return self.classifier(self.purify(repeated)).view(draws, x.shape[0], -1)
+
     def forward(self, x: Tensor) -> Tensor:
-        b = x.shape[0]
-        draws = x.repeat(self.eot, 1, 1, 1) if self.eot > 1 else x
-        logits = self.classifier(self.purify(draws)).view(self.eot, b, -1)
+        logits = self.draw_logits(x, self.eot)
         if self.mode == "eot":
             return logits.mean(0)
         votes = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float().mean(0)
