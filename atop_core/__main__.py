@@ -10,11 +10,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from atop_core.config import ENV_DATA_DIR, PROFILES, Profile, get_profile, resolve_device, settings
 from atop_core.data import DataFormatError, DataNotFoundError, eval_indices, load_dataset
 from atop_core.io import write_json
 from atop_core.pipeline import train_chain
+from atop_core.records import evaluate_defense
 
 log = logging.getLogger("atop_core")
 
@@ -103,19 +105,57 @@ def _print_training(status: dict) -> None:
             print(f"    {d['file']:<28} clean accuracy, one draw: {d['eval_acc_single_draw']:.3f}")
 
 
+def _evaluate(args: argparse.Namespace, profile: Profile) -> int:
+    if not args.defense:
+        raise SystemExit("evaluate needs --defense PATH [PATH ...] (files from `train`)")
+    for path in args.defense:
+        record, out = evaluate_defense(
+            path,
+            profile,
+            args.attack,
+            protocol=args.protocol,
+            steps=args.steps,
+            eot=args.eot,
+            eps=args.eps,
+            n=args.n,
+            draws=args.draws,
+            device=resolve_device(args.device),
+        )
+        acc, ci = record["accuracy"], record["interval"]["single"]
+        print(
+            f"  {Path(path).name:<34} {args.attack} ({args.protocol}): single "
+            f"{acc['single']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], vote {acc['vote']:.3f}, worst "
+            f"{acc['worst']:.3f}, n={record['n']} -> {out}"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atop_core", description=__doc__)
-    parser.add_argument("command", choices=["prepare-data", "train"])
+    parser.add_argument("command", choices=["prepare-data", "train", "evaluate"])
     parser.add_argument("--profile", default="quick", choices=list(PROFILES))
     parser.add_argument("--data-dir", help=f"local dataset copies (overrides ${ENV_DATA_DIR})")
     parser.add_argument("--datasets", nargs="+", help="subset of the profile's datasets")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1...")
+    evaluation = parser.add_argument_group("evaluate")
+    evaluation.add_argument("--defense", nargs="+", help="defense checkpoint(s) to evaluate")
+    evaluation.add_argument("--attack", default="pgd-eot", help="attack name (atop_core.attacks)")
+    evaluation.add_argument("--steps", type=int, help="attack steps (default: the profile's)")
+    evaluation.add_argument("--eot", type=int, help="transform draws per attack gradient")
+    evaluation.add_argument("--eps", type=float, default=8 / 255)
+    evaluation.add_argument(
+        "--protocol", default="whole-model", choices=["whole-model", "classifier-only"]
+    )
+    evaluation.add_argument("--n", type=int, help="images (default: the profile's n_eval)")
+    evaluation.add_argument("--draws", type=int, help="defense draws per image when judging")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.data_dir:
         os.environ[ENV_DATA_DIR] = args.data_dir
     overrides = {"datasets": tuple(args.datasets)} if args.datasets else {}
     profile = get_profile(args.profile, **overrides)
+    if args.command == "evaluate":
+        return _evaluate(args, profile)
     if args.command == "prepare-data":
         status, show = prepare_data(profile), _print_status
     else:

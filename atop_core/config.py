@@ -149,6 +149,7 @@ class ClassifierConfig:
     adv: str = "none"  # none | fgsm-rs (fast AT, Wong et al. 2020) | pgd (PGD-AT, Madry et al.)
     adv_eps: float = EPS_LINF
     adv_steps: int = 10  # pgd only; step 2.5·eps/steps
+    adv_epochs: int = 0  # epochs of an adversarially trained baseline; 0: the same as `epochs`
     weights: str = ""  # a user's state-dict file (e.g. RobustBench WRN-28-10): loaded, not trained
     seed: int = 0
 
@@ -229,6 +230,21 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Attack budgets of a profile (DESIGN §4: PGD-200 with EOT 20 at the paper profile)."""
+
+    steps: int = 200
+    eot: int = 20  # transform draws per attack gradient
+    draws: int = 10  # defense draws per adversarial example when judging (vote, worst-of-K)
+
+    def __post_init__(self) -> None:
+        _require(
+            min(self.steps, self.eot, self.draws) >= 1,
+            f"steps, eot and draws must be >= 1, got {self.steps}, {self.eot}, {self.draws}",
+        )
+
+
+@dataclass(frozen=True)
 class Profile:
     """A named scale for the whole pipeline (DESIGN §5)."""
 
@@ -242,6 +258,7 @@ class Profile:
     transforms: tuple[str, ...] = ("rt1", "rt2", "rt3")
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     baselines: tuple[str, ...] = ("fgsm-rs",)  # adversarially trained classifiers to compare with
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "profile name must not be empty")
@@ -268,14 +285,16 @@ SMOKE = Profile(
     classifier=ClassifierConfig(epochs=1, batch_size=64, train_subset=256),
     purifier=PurifierConfig(width=8, epochs=1, batch_size=32, train_subset=128),
     finetune=FinetuneConfig(epochs=1, batch_size=32, train_subset=64),
+    evaluation=EvalConfig(steps=2, eot=2, draws=3),
 )
 QUICK = Profile(
     "quick",
     data=DataConfig(train_subset=0, n_eval=512),
     datasets=("cifar10",),
-    classifier=ClassifierConfig(epochs=8),
+    classifier=ClassifierConfig(epochs=8, adv_epochs=4),
     purifier=PurifierConfig(width=16, epochs=2, train_subset=25_000),
     finetune=FinetuneConfig(epochs=1, train_subset=10_000),
+    evaluation=EvalConfig(steps=10, eot=4, draws=5),
 )
 PAPER = Profile(
     "paper",

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from atop_core.config import Profile, TransformConfig, config_hash, settings
+from atop_core.config import ClassifierConfig, Profile, TransformConfig, config_hash, settings
 from atop_core.data import ImageTensorDataset, eval_indices, load_dataset
 from atop_core.defense import DefendedModel, freeze, save_defense
 from atop_core.io import write_json
@@ -99,8 +99,16 @@ class _Parts:
 # --- stage 1: the classifier ---------------------------------------------------------------------
 
 
+def _classifier_cfg(profile: Profile, adv: str | None) -> ClassifierConfig:
+    """The classifier's recipe, or the adversarially trained baseline's when `adv` is given."""
+    cfg = profile.classifier
+    if not adv or adv == cfg.adv:
+        return cfg
+    return dataclasses.replace(cfg, adv=adv, epochs=cfg.adv_epochs or cfg.epochs)
+
+
 def classifier_path(profile: Profile, data: DataBundle, adv: str | None = None) -> Path:
-    cfg = dataclasses.replace(profile.classifier, adv=adv or profile.classifier.adv)
+    cfg = _classifier_cfg(profile, adv)
     arch = cfg.arch_for(data.image_size)
     return stage_dir(profile, data.name) / f"classifier-{arch}-{cfg.adv}-{_hash(cfg, data.name)}.pt"
 
@@ -110,7 +118,7 @@ def get_classifier(
 ) -> nn.Module:
     """The trained, frozen classifier (trained now unless a complete checkpoint exists), or the
     user's weights when `weights` is set. `adv` picks an adversarially trained baseline."""
-    cfg = dataclasses.replace(profile.classifier, adv=adv or profile.classifier.adv)
+    cfg = _classifier_cfg(profile, adv)
     width = {"width": cfg.width} if cfg.width else {}
     model = build_classifier(
         cfg.arch_for(data.image_size), data.num_classes, data.image_size, **width
@@ -121,18 +129,16 @@ def get_classifier(
     steps = len(epoch_batches(len(train.images), cfg.batch_size, cfg.seed, 0))
     state = classifier_state(model, cfg, steps)
     path = classifier_path(profile, data, adv)
-    fit(
+    step = classifier_step(state, cfg)
+    _fit_stage(
         f"classifier/{cfg.adv}",
         state,
-        classifier_step(state, cfg),
-        train.images,
-        train.labels,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        ckpt_path=path,
-        device=device,
-        eval_fn=lambda: {"eval_acc": accuracy(model, *_eval(data), device)},
+        step,
+        train,
+        cfg,
+        path,
+        device,
+        lambda: {"eval_acc": accuracy(model, *_eval(data), device)},
     )
     return freeze(model)
 
@@ -169,6 +175,51 @@ def _defense_acc(
     return accuracy(defense, *_eval(data), device, batch_size=128)
 
 
+def _fit_purifier(
+    name: str,
+    state: TrainState,
+    step,
+    train: Split,
+    cfg,
+    path: Path,
+    classifier: nn.Module,
+    t_cfg: TransformConfig,
+    data: DataBundle,
+    device: torch.device,
+) -> None:
+    """`fit` a purifier stage; each epoch's log gets the defense's clean accuracy (one draw)."""
+    purifier = state.models["purifier"]
+    _fit_stage(
+        name,
+        state,
+        step,
+        train,
+        cfg,
+        path,
+        device,
+        lambda: {"eval_acc": _defense_acc(classifier, purifier, t_cfg, data, device, 0)},
+    )
+
+
+def _fit_stage(
+    name: str, state: TrainState, step, train: Split, cfg, path: Path, device: torch.device, eval_fn
+) -> None:
+    """`fit` with the epochs, batch size and seed of a stage's config."""
+    fit(
+        name,
+        state,
+        step,
+        train.images,
+        train.labels,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        ckpt_path=path,
+        device=device,
+        eval_fn=eval_fn,
+    )
+
+
 def pretrain_path(profile: Profile, kind: str, rt: str, data: DataBundle) -> Path:
     cfg = dataclasses.replace(profile.purifier, kind=kind)
     t_cfg = training_transform(profile, rt)
@@ -191,19 +242,9 @@ def get_pretrained(
     state = purifier_state(purifier, disc, cfg.lr, cfg.betas)
     train = data.train_subset(cfg.train_subset, cfg.seed)
     transform = RandomTransform(t_cfg, seed=cfg.seed + 1)
-    fit(
-        f"pretrain {kind}/{t_cfg.kind}",
-        state,
-        pretrain_step(state, transform, cfg),
-        train.images,
-        train.labels,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        ckpt_path=pretrain_path(profile, kind, rt, data),
-        device=device,
-        eval_fn=lambda: {"eval_acc": _defense_acc(classifier, purifier, t_cfg, data, device, 0)},
-    )
+    name, path = f"pretrain {kind}/{t_cfg.kind}", pretrain_path(profile, kind, rt, data)
+    step = pretrain_step(state, transform, cfg)
+    _fit_purifier(name, state, step, train, cfg, path, classifier, t_cfg, data, device)
     return state
 
 
@@ -248,19 +289,8 @@ def get_finetuned(
 
     train = data.train_subset(cfg.train_subset, cfg.seed)
     step = finetune_step(state, transform, classifier, cfg, p_cfg.gan_weight, make_adversarial)
-    fit(
-        f"atop {kind}/{t_cfg.kind}",
-        state,
-        step,
-        train.images,
-        train.labels,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        ckpt_path=finetune_path(profile, kind, rt, data),
-        device=device,
-        eval_fn=lambda: {"eval_acc": _defense_acc(classifier, purifier, t_cfg, data, device, 0)},
-    )
+    name, path = f"atop {kind}/{t_cfg.kind}", finetune_path(profile, kind, rt, data)
+    _fit_purifier(name, state, step, train, cfg, path, classifier, t_cfg, data, device)
     return state
 
 

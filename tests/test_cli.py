@@ -18,8 +18,16 @@ def test_prepare_data_reports_an_unavailable_dataset_as_not_run(tmp_path, monkey
     write_tree(tmp_path, "cifar10", per_class=2)
     spec = dataclasses.replace(DATASETS.get_entry("cifar100"), torchvision_loader=_offline)
     monkeypatch.setitem(DATASETS, "cifar100", spec)
-    args = ["prepare-data", "--profile", "smoke", "--data-dir", str(tmp_path),
-            "--datasets", "cifar10", "cifar100"]
+    args = [
+        "prepare-data",
+        "--profile",
+        "smoke",
+        "--data-dir",
+        str(tmp_path),
+        "--datasets",
+        "cifar10",
+        "cifar100",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "cifar10     ready: 20 train / 20 test images" in out
@@ -28,3 +36,61 @@ def test_prepare_data_reports_an_unavailable_dataset_as_not_run(tmp_path, monkey
     status = json.loads(path.read_text())
     assert status["cifar100"]["status"] == "not run" and "offline" in status["cifar100"]["reason"]
     assert status["cifar10"]["n_eval"] == 16
+
+
+def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig
+    from atop_core.defense import save_defense
+    from atop_core.nets.classifiers import build_classifier
+    from atop_core.nets.purifiers import build_purifier
+
+    write_tree(tmp_path, "cifar10", per_class=1)
+    monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    path = tmp_path / "defense-ae-rt2-atop.pt"
+    save_defense(
+        path,
+        build_classifier("small", 10, 32, width=0.25),
+        build_purifier("ae", width=4, image_size=32),
+        dataset="cifar10",
+        num_classes=10,
+        image_size=32,
+        classifier_cfg=ClassifierConfig(width=0.25),
+        purifier_cfg=PurifierConfig(kind="ae", width=4),
+        transform_cfg=TransformConfig(),
+        atop=True,
+    )
+    args = [
+        "evaluate",
+        "--profile",
+        "smoke",
+        "--defense",
+        str(path),
+        "--attack",
+        "pgd-eot",
+        "--steps",
+        "1",
+        "--eot",
+        "2",
+        "--n",
+        "4",
+        "--draws",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    assert "pgd-eot (whole-model): single" in capsys.readouterr().out
+    out = (
+        Path(os.environ["ATOP_HOME"])
+        / "results"
+        / "smoke"
+        / "cifar10"
+        / "defense-ae-rt2-atop__pgd-eot-1-eot2__whole-model.json"
+    )
+    record = json.loads(out.read_text())
+    assert record["protocol"] == "whole-model" and record["n"] == 4 and record["draws"] == 3
+    assert record["attack"]["eot"] == 2 and record["defense"]["atop"] is True
+    assert len(record["per_sample"]["correct_draws"]) == 4 and record["indices"]["sha256"]

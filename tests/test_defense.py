@@ -20,6 +20,21 @@ def _defense(eot=1, mode="eot", kind="rt2", purifier_kind="ae", seed=0):
     return DefendedModel(classifier, purifier, transform, eot=eot, mode=mode)
 
 
+def _save(model, path, purifier_kind):
+    return save_defense(
+        path,
+        model.classifier,
+        model.purifier,
+        dataset="cifar10",
+        num_classes=10,
+        image_size=SIZE,
+        classifier_cfg=ClassifierConfig(width=0.25),
+        purifier_cfg=PurifierConfig(kind=purifier_kind, width=4),
+        transform_cfg=TransformConfig(kind="rt2"),
+        atop=True,
+    )
+
+
 def _x(b=3):
     return torch.rand(b, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
@@ -63,18 +78,7 @@ def test_rt3_defense_purifies_n_copies_and_combines_them():
 @pytest.mark.parametrize("purifier_kind", ["ae", "gan"])
 def test_checkpoint_round_trip_gives_identical_outputs_under_the_same_seed(tmp_path, purifier_kind):
     model = _defense(purifier_kind=purifier_kind, seed=7)
-    meta = save_defense(
-        tmp_path / "d.pt",
-        model.classifier,
-        model.purifier,
-        dataset="cifar10",
-        num_classes=10,
-        image_size=SIZE,
-        classifier_cfg=ClassifierConfig(width=0.25),
-        purifier_cfg=PurifierConfig(kind=purifier_kind, width=4),
-        transform_cfg=TransformConfig(kind="rt2"),
-        atop=True,
-    )
+    meta = _save(model, tmp_path / "d.pt", purifier_kind)
     loaded = load_defense(tmp_path / "d.pt", seed=7)
     model.eval()
     assert torch.equal(model(_x()), loaded(_x()))
@@ -83,19 +87,7 @@ def test_checkpoint_round_trip_gives_identical_outputs_under_the_same_seed(tmp_p
 
 
 def test_changed_checkpoint_is_refused(tmp_path):
-    model = _defense()
-    save_defense(
-        tmp_path / "d.pt",
-        model.classifier,
-        model.purifier,
-        dataset="cifar10",
-        num_classes=10,
-        image_size=SIZE,
-        classifier_cfg=ClassifierConfig(width=0.25),
-        purifier_cfg=PurifierConfig(kind="ae", width=4),
-        transform_cfg=TransformConfig(),
-        atop=False,
-    )
+    _save(_defense(), tmp_path / "d.pt", "ae")
     with open(tmp_path / "d.pt", "ab") as f:
         f.write(b"tampered")
     with pytest.raises(ValueError, match="does not match the SHA-256"):

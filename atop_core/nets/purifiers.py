@@ -108,5 +108,6 @@ def build_discriminator(*, width: int, image_size: int) -> nn.Module:
     """SN-PatchGAN for the GAN purifier; `image_size` is the size D sees (the work size if set).
     Call it as D(x, keep) with x in [0, 1]; it returns (N, P) patch scores."""
     _check_width(width)
-    _check_divisible(image_size, "image_size")
+    if image_size < 1:
+        raise ValueError(f"image_size {image_size} must be positive")
     return PatchDiscriminator(width, image_size)
