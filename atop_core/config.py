@@ -292,7 +292,9 @@ QUICK = Profile(
     data=DataConfig(train_subset=0, n_eval=512),
     datasets=("cifar10",),
     classifier=ClassifierConfig(epochs=8, adv_epochs=4),
-    purifier=PurifierConfig(width=16, epochs=2, train_subset=25_000),
+    # gan_weight 0.01: at this scale the hinge term at the paper's weight 1 made pretraining
+    # diverge (PSNR 18 -> 9 dB in 300 steps); 0.01 matched ℓ1 alone (17.6 vs 18.0 dB).
+    purifier=PurifierConfig(width=16, epochs=1, train_subset=30_000, gan_weight=0.01),
     finetune=FinetuneConfig(epochs=1, train_subset=10_000),
     evaluation=EvalConfig(steps=10, eot=4, draws=5),
 )
