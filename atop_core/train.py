@@ -142,8 +142,12 @@ def fit(
         record.update(eval_fn() if eval_fn else {})
         state.log.append(record)
         state.epoch, state.step = state.epoch + 1, 0
-        save_torch(ckpt_path, state.state_dict())
+        digest = save_torch(ckpt_path, state.state_dict())
         write_json(ckpt_path.with_suffix(".log.json"), state.log)
+        write_json(
+            ckpt_path.with_suffix(".json"),
+            {"stage": name, "epochs_done": state.epoch, "sha256": digest, "file": ckpt_path.name},
+        )
         last_save = time.monotonic()
     return state
 

@@ -7,7 +7,11 @@ import torch
 
 from atop_core.config import (
     PROFILES,
+    ClassifierConfig,
     DataConfig,
+    EvalConfig,
+    FinetuneConfig,
+    PurifierConfig,
     config_hash,
     get_profile,
     resolve_device,
@@ -55,3 +59,32 @@ def test_bad_data_config_names_the_field(field, value):
 def test_config_hash_changes_with_any_field():
     assert config_hash(DataConfig(n_eval=8)) != config_hash(DataConfig(n_eval=9))
     assert config_hash(DataConfig(n_eval=8)) == config_hash(DataConfig(n_eval=8))
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (PurifierConfig, {"kind": "vae"}, "unknown purifier 'vae'; known: gan, ae"),
+        (PurifierConfig, {"width": 0}, "purifier width must be >= 1"),
+        (ClassifierConfig, {"adv": "trades"}, "unknown classifier adv 'trades'"),
+        (ClassifierConfig, {"label_smoothing": 1.0}, "label_smoothing must be in \\[0, 1\\)"),
+        (FinetuneConfig, {"lam": -1.0}, "lam \\(λ\\) must be >= 0"),
+        (FinetuneConfig, {"attack_on": "purifier"}, "unknown attack_on 'purifier'"),
+        (EvalConfig, {"eot": 0}, "steps, eot and draws must be >= 1"),
+    ],
+)
+def test_bad_stage_configs_are_refused_with_the_field_named(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**kwargs)
+
+
+def test_unknown_override_field_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown Profile field\\(s\\) \\['purifer'\\]"):
+        get_profile("smoke", purifer=None)
+
+
+def test_profile_refuses_unknown_purifier_and_transform_names():
+    with pytest.raises(ValueError, match="unknown purifier 'diffusion'"):
+        get_profile("smoke", purifiers=("gan", "diffusion"))
+    with pytest.raises(ValueError, match="unknown transform kind 'rt9'"):
+        get_profile("smoke", transforms=("rt9",))

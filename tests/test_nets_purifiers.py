@@ -51,6 +51,14 @@ def test_stages_lists_every_stage_as_a_full_image(kind):
 
 
 @pytest.mark.parametrize("kind", sorted(PURIFIERS))
+def test_purifier_ignores_values_under_missing_pixels(kind):
+    torch.manual_seed(0)
+    x, keep = _batch()
+    net = build_purifier(kind, width=WIDTH, image_size=16)
+    assert torch.allclose(net(x * keep, keep), net(x, keep))
+
+
+@pytest.mark.parametrize("kind", sorted(PURIFIERS))
 def test_work_size_runs_larger_and_returns_the_input_size(kind):
     torch.manual_seed(0)
     x, keep = _batch(n=1, size=32)
