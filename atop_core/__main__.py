@@ -114,11 +114,11 @@ def _evaluate(args: argparse.Namespace, profile: Profile) -> int:
             profile,
             args.attack,
             protocol=args.protocol,
-            steps=args.steps,
-            eot=args.eot,
+            steps=args.steps or profile.evaluation.steps,
+            eot=args.eot or profile.evaluation.eot,
             eps=args.eps,
             n=args.n,
-            draws=args.draws,
+            draws=args.draws or profile.evaluation.draws,
             device=resolve_device(args.device),
         )
         acc, ci = record["accuracy"], record["interval"]["single"]

@@ -94,3 +94,7 @@ def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsy
     assert record["protocol"] == "whole-model" and record["n"] == 4 and record["draws"] == 3
     assert record["attack"]["eot"] == 2 and record["defense"]["atop"] is True
     assert len(record["per_sample"]["correct_draws"]) == 4 and record["indices"]["sha256"]
+    # without budgets on the command line, the profile's apply (smoke: 2 steps, EOT 2, 3 draws)
+    assert main(["evaluate", "--profile", "smoke", "--defense", str(path), "--n", "2"]) == 0
+    out = out.with_name("defense-ae-rt2-atop__pgd-eot-2-eot2__whole-model.json")
+    assert json.loads(out.read_text())["draws"] == 3
