@@ -44,12 +44,14 @@ def _refuse_training(monkeypatch):
 def test_chain_saves_every_defense_and_a_rerun_trains_nothing(tiny_profile, monkeypatch):
     saved = pipeline.train_chain(tiny_profile, "cifar10", torch.device("cpu"))
     names = sorted(s["file"] for s in saved)
-    assert names == sorted(
+    expected = [
         f"defense-{k}-{rt}-{a}.pt"
         for k in ("gan", "ae")
         for rt in ("rt1", "rt3")
         for a in ("plain", "atop")
-    )
+    ]
+    expected += ["defense-none-none-plain.pt", "defense-none-none-at-fgsm-rs.pt"]
+    assert names == sorted(expected)
     folder = Path(os.environ["ATOP_HOME"]) / "checkpoints" / "smoke" / "cifar10"
     index = json.loads((folder / "defenses.json").read_text())
     assert {e["transform"]["kind"] for e in index} == {"none", "rt1", "rt3"}
