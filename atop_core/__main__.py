@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from atop_core.config import ENV_DATA_DIR, PROFILES, Profile, get_profile, resolve_device, settings
-from atop_core.data import DataFormatError, DataNotFoundError, eval_indices, load_dataset
+from atop_core.data import DataFormatError, DataNotFoundError, eval_subset, load_dataset
 from atop_core.io import write_json
 from atop_core.pipeline import train_chain
 from atop_core.records import evaluate_defense
@@ -32,14 +32,13 @@ def prepare_data(profile: Profile) -> dict:
         except (DataNotFoundError, DataFormatError) as err:
             status[name] = {"status": "not run", "reason": str(err)}
             continue
-        n = min(profile.data.n_eval, len(test))
-        indices = eval_indices(name, n, profile.data.eval_seed, size=len(test))
+        _, indices = eval_subset(name, test, profile.data.n_eval, profile.data.eval_seed)
         status[name] = {
             "status": "ready",
             "source": train.source,
             "n_train": len(train),
             "n_test": len(test),
-            "n_eval": n,
+            "n_eval": len(indices),
             "eval_seed": profile.data.eval_seed,
             "first_indices": indices[:5],
             "wall_s": round(time.perf_counter() - start, 1),

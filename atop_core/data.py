@@ -396,5 +396,14 @@ def eval_indices(
     return drawn
 
 
+def eval_subset(
+    name: str, test: ImageTensorDataset, n: int, seed: int = 0
+) -> tuple[ImageTensorDataset, list[int]]:
+    """The fixed evaluation subset of a loaded test split (`n` capped at its size), and its
+    indices: the one way every stage picks the images it evaluates on."""
+    indices = eval_indices(name, min(n, len(test)), seed, size=len(test))
+    return test.subset(indices), indices
+
+
 def indices_sha256(indices: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from atop_core.config import ClassifierConfig, Profile, TransformConfig, config_hash, settings
-from atop_core.data import ImageTensorDataset, eval_indices, load_dataset
+from atop_core.data import ImageTensorDataset, eval_subset, load_dataset
 from atop_core.defense import DefendedModel, freeze, save_defense
 from atop_core.io import write_json
 from atop_core.nets.classifiers import build_classifier, load_external_state_dict
@@ -64,9 +64,7 @@ class DataBundle:
 
 def load_bundle(profile: Profile, dataset: str) -> DataBundle:
     train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
-    n = min(profile.data.n_eval, len(test))
-    idx = eval_indices(dataset, n, profile.data.eval_seed, size=len(test))
-    sub = test.subset(idx)
+    sub, _ = eval_subset(dataset, test, profile.data.n_eval, profile.data.eval_seed)
     return DataBundle(
         dataset, train, Split(sub.images, sub.labels), len(train.classes), train.images.shape[-1]
     )

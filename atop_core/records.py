@@ -12,7 +12,7 @@ import torchattacks
 
 from atop_core.attacks import AttackConfig
 from atop_core.config import Profile, settings
-from atop_core.data import eval_indices, indices_sha256, load_dataset
+from atop_core.data import eval_subset, indices_sha256, load_dataset
 from atop_core.defense import load_defense
 from atop_core.evaluate import evaluate
 from atop_core.io import write_json
@@ -47,9 +47,8 @@ def evaluate_defense(
     defense = load_defense(path, device, seed=seed)
     meta = defense.meta
     test = load_dataset(meta["dataset"], "test")
-    n = min(n or profile.data.n_eval, len(test))
-    idx = eval_indices(meta["dataset"], n, profile.data.eval_seed, size=len(test))
-    sub = test.subset(idx)
+    sub, idx = eval_subset(meta["dataset"], test, n or profile.data.n_eval, profile.data.eval_seed)
+    n = len(idx)
     cfg = AttackConfig(name=attack, eps=eps, steps=steps, eot=eot, seed=seed + 1)
     target = defense if meta["purifier"] is not None else defense.classifier
     result = evaluate(target, cfg, sub.images, sub.labels, protocol, device, draws=draws)
