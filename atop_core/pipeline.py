@@ -328,7 +328,7 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
                 stage_dir(profile, dataset) / f"defense-none-none-at-{adv}.pt",
                 robust,
                 None,
-                classifier_cfg=dataclasses.replace(profile.classifier, adv=adv),
+                classifier_cfg=_classifier_cfg(profile, adv),
                 purifier_cfg=None,
                 transform_cfg=none,
                 atop=False,

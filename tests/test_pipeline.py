@@ -85,3 +85,15 @@ def test_user_weights_are_loaded_instead_of_training(tiny_profile, tmp_path, mon
     model = pipeline.get_classifier(with_fields(tiny_profile, classifier=cfg), data, "cpu")
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(model(x), source.eval()(x), atol=1e-5)  # channels_last vs not
+
+
+def test_baseline_sidecar_records_the_recipe_that_trained_it(tiny_profile):
+    profile = with_fields(
+        tiny_profile,
+        classifier=with_fields(tiny_profile.classifier, epochs=2, adv_epochs=1),
+        purifiers=(),
+        transforms=(),
+    )
+    saved = pipeline.train_chain(profile, "cifar10", torch.device("cpu"))
+    baseline = next(s for s in saved if s["file"] == "defense-none-none-at-fgsm-rs.pt")
+    assert baseline["classifier"]["adv"] == "fgsm-rs" and baseline["classifier"]["epochs"] == 1
