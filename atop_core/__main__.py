@@ -12,11 +12,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from atop_core.attacks import AttackConfig
 from atop_core.config import ENV_DATA_DIR, PROFILES, Profile, get_profile, resolve_device, settings
 from atop_core.data import DataFormatError, DataNotFoundError, eval_subset, load_dataset
 from atop_core.io import write_json
 from atop_core.pipeline import train_chain
-from atop_core.records import evaluate_defense
+from atop_core.records import evaluate_defense, parse_shard
+from atop_core.results import merge_all
 
 log = logging.getLogger("atop_core")
 
@@ -104,49 +106,87 @@ def _print_training(status: dict) -> None:
             print(f"    {d['file']:<28} clean accuracy, one draw: {d['eval_acc_single_draw']:.3f}")
 
 
+def _defense_path(text: str, profile: Profile, dataset: str | None) -> Path:
+    """A checkpoint path, or a defense name resolved under checkpoints/<profile>/<dataset>/."""
+    path = Path(text)
+    if path.exists() or path.suffix:
+        return path
+    if dataset is None:
+        raise SystemExit(f"--defense {text!r} is a name, not a file: add --dataset to resolve it")
+    return settings().checkpoints_dir / profile.name / dataset / f"{text}.pt"
+
+
 def _evaluate(args: argparse.Namespace, profile: Profile) -> int:
     if not args.defense:
-        raise SystemExit("evaluate needs --defense PATH [PATH ...] (files from `train`)")
-    for path in args.defense:
+        raise SystemExit("evaluate needs --defense PATH|NAME [...] (files from `train`)")
+    ev = profile.evaluation
+    attack = AttackConfig(
+        name=args.attack,
+        eps=args.eps,
+        steps=args.steps or ev.steps,
+        eot=args.eot or ev.eot,
+        seed=args.seed + 1,
+    )
+    for text in args.defense:
+        path = _defense_path(text, profile, args.dataset)
         record, out = evaluate_defense(
             path,
             profile,
-            args.attack,
+            attack,
             protocol=args.protocol,
-            steps=args.steps or profile.evaluation.steps,
-            eot=args.eot or profile.evaluation.eot,
-            eps=args.eps,
-            n=args.n,
-            draws=args.draws or profile.evaluation.draws,
             device=resolve_device(args.device),
+            n=args.n,
+            draws=args.draws,
+            shard=parse_shard(args.shard),
+            seed=args.seed,
+            sanity=not args.no_sanity,
         )
+        if args.dataset and record["dataset"] != args.dataset:
+            raise SystemExit(f"{path} defends {record['dataset']}, not --dataset {args.dataset}")
         acc, ci = record["accuracy"], record["interval"]["single"]
+        flag = {True: " UNRELIABLE", False: "", None: " (no sanity checks)"}[record["unreliable"]]
         print(
-            f"  {Path(path).name:<34} {args.attack} ({args.protocol}): single "
+            f"  {path.name:<34} {attack.tag()} ({args.protocol}): single "
             f"{acc['single']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], vote {acc['vote']:.3f}, worst "
-            f"{acc['worst']:.3f}, n={record['n']} -> {out}"
+            f"{acc['worst']:.3f}, n={record['n']}{flag} -> {out}"
         )
+    return 0
+
+
+def _merge(profile: Profile) -> int:
+    written = merge_all(settings().results_dir / profile.name)
+    for path in written:
+        print(f"  merged shards into {path}")
+    print(f"merge ({profile.name}): {len(written)} record(s)")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atop_core", description=__doc__)
-    parser.add_argument("command", choices=["prepare-data", "train", "evaluate"])
+    parser.add_argument(
+        "command", choices=["prepare-data", "train", "evaluate", "merge", "ready-datasets"]
+    )
     parser.add_argument("--profile", default="quick", choices=list(PROFILES))
     parser.add_argument("--data-dir", help=f"local dataset copies (overrides ${ENV_DATA_DIR})")
     parser.add_argument("--datasets", nargs="+", help="subset of the profile's datasets")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1...")
     evaluation = parser.add_argument_group("evaluate")
-    evaluation.add_argument("--defense", nargs="+", help="defense checkpoint(s) to evaluate")
+    evaluation.add_argument(
+        "--defense", nargs="+", help="defense checkpoint(s), or names with --dataset"
+    )
+    evaluation.add_argument("--dataset", help="resolves defense names; must match the defense")
     evaluation.add_argument("--attack", default="pgd-eot", help="attack name (atop_core.attacks)")
     evaluation.add_argument("--steps", type=int, help="attack steps (default: the profile's)")
     evaluation.add_argument("--eot", type=int, help="transform draws per attack gradient")
-    evaluation.add_argument("--eps", type=float, default=8 / 255)
+    evaluation.add_argument("--eps", type=float, help="budget (default: the attack's own)")
     evaluation.add_argument(
         "--protocol", default="whole-model", choices=["whole-model", "classifier-only"]
     )
     evaluation.add_argument("--n", type=int, help="images (default: the profile's n_eval)")
     evaluation.add_argument("--draws", type=int, help="defense draws per image when judging")
+    evaluation.add_argument("--shard", help="i/k: evaluate shard i of k (merge them after)")
+    evaluation.add_argument("--seed", type=int, default=0, help="defense seed (attack: seed+1)")
+    evaluation.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.data_dir:
@@ -155,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = get_profile(args.profile, **overrides)
     if args.command == "evaluate":
         return _evaluate(args, profile)
+    if args.command == "merge":
+        return _merge(profile)
+    if args.command == "ready-datasets":  # for run_all.sh: the datasets loadable here
+        print(" ".join(n for n, e in prepare_data(profile).items() if e["status"] == "ready"))
+        return 0
     if args.command == "prepare-data":
         status, show = prepare_data(profile), _print_status
     else:

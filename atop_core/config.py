@@ -40,6 +40,16 @@ class Settings:
     def results_dir(self) -> Path:
         return self.home / "results"
 
+    def figures_dir(self, profile: str) -> Path:
+        return self.home / "figures" / profile
+
+    def tables_dir(self, profile: str) -> Path:
+        return self.home / "tables" / profile
+
+    def outputs_dir(self, profile: str) -> Path:
+        """Executed notebooks (papermill) of one profile."""
+        return self.home / "outputs" / profile
+
 
 def _default_home() -> Path:
     # In a source checkout (the usual, editable install) artifacts live beside the package.
@@ -236,12 +246,27 @@ class EvalConfig:
     steps: int = 200
     eot: int = 20  # transform draws per attack gradient
     draws: int = 10  # defense draws per adversarial example when judging (vote, worst-of-K)
+    batch_size: int = 64  # images per attack batch; also the unit of resume and of shards
+    sanity_n: int = 128  # images the gradient-masking sanity checks rerun attacks on
+    square_queries: int = 1000  # Square's budget in the white-box-vs-black-box sanity check
+    step_cap: int = 0  # reduced profiles cap attack steps (PGD-1000 runs as PGD-cap); 0: none
+    n_table: int = 0  # images per paper-table cell (a prefix of the fixed list); 0: all n_eval
 
     def __post_init__(self) -> None:
         _require(
-            min(self.steps, self.eot, self.draws) >= 1,
-            f"steps, eot and draws must be >= 1, got {self.steps}, {self.eot}, {self.draws}",
+            min(self.steps, self.eot, self.draws, self.batch_size, self.square_queries) >= 1,
+            "steps, eot, draws, batch_size and square_queries must be >= 1, got "
+            f"{self.steps}, {self.eot}, {self.draws}, {self.batch_size}, {self.square_queries}",
         )
+        _require(
+            min(self.sanity_n, self.step_cap, self.n_table) >= 0,
+            "sanity_n, step_cap and n_table must be >= 0 (0: off / no cap / all), got "
+            f"{self.sanity_n}, {self.step_cap}, {self.n_table}",
+        )
+
+    def scale_steps(self, steps: int) -> int:
+        """The steps an attack of the paper's `steps` runs with at this profile."""
+        return min(steps, self.step_cap) if self.step_cap else steps
 
 
 @dataclass(frozen=True)
@@ -285,7 +310,9 @@ SMOKE = Profile(
     classifier=ClassifierConfig(epochs=1, batch_size=64, train_subset=256),
     purifier=PurifierConfig(width=8, epochs=1, batch_size=32, train_subset=128),
     finetune=FinetuneConfig(epochs=1, batch_size=32, train_subset=64),
-    evaluation=EvalConfig(steps=2, eot=2, draws=3),
+    evaluation=EvalConfig(
+        steps=2, eot=2, draws=3, batch_size=8, sanity_n=8, square_queries=20, step_cap=2, n_table=8
+    ),
 )
 QUICK = Profile(
     "quick",
@@ -296,7 +323,9 @@ QUICK = Profile(
     # diverge (PSNR 18 -> 9 dB in 300 steps); 0.01 matched ℓ1 alone (17.6 vs 18.0 dB).
     purifier=PurifierConfig(width=16, epochs=1, train_subset=30_000, gan_weight=0.01),
     finetune=FinetuneConfig(epochs=1, train_subset=10_000),
-    evaluation=EvalConfig(steps=10, eot=4, draws=5),
+    evaluation=EvalConfig(
+        steps=10, eot=4, draws=5, sanity_n=32, square_queries=200, step_cap=50, n_table=128
+    ),
 )
 PAPER = Profile(
     "paper",

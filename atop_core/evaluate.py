@@ -1,12 +1,14 @@
-"""Judging a stochastic defense on adversarial examples (DESIGN §4).
+"""Attacking and judging a stochastic defense, batch by batch (DESIGN §4).
 
 Adversarial examples are made once per sample, then the defense is run `draws` times on them:
 single-draw accuracy (the first draw), majority vote over the draws, and worst of the draws (a
-sample counts only if every draw is right). Each comes with a Wilson 95% interval.
+sample counts only if every draw is right), each with a Wilson 95% interval (`results.py`).
+Every batch seeds the defense's transform and the attack from its global position in the index
+list, so a resumed, sharded or repeated run gives the same per-sample outcomes.
 """
 
-import math
-import time
+import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -14,21 +16,20 @@ from tqdm.auto import tqdm
 
 from atop_core.attacks import AttackConfig, run_attack
 from atop_core.defense import DefendedModel
+from atop_core.results import summarize_outcomes
 
 PROTOCOLS = ("whole-model", "classifier-only")
-Z_95 = 1.959964  # two-sided 95% normal quantile
+SEED_STRIDE = 1_000_003  # batch b of a run seeded s draws from seed s * SEED_STRIDE + b
+BatchCallback = Callable[[int, Tensor], None]
 
 
-def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (sound near 0 and 1, unlike the normal)."""
-    if n == 0:
-        return 0.0, 1.0
-    if k == n:  # the closed form, exactly: avoids 0.9999999999999999
-        return n / (n + z * z), 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    return seed * SEED_STRIDE + batch
 
 
 @torch.no_grad()
@@ -39,54 +40,67 @@ def judge(defense: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     return (defense(x).argmax(-1) == y).expand(draws, -1)
 
 
-def summarize(correct: Tensor) -> dict:
-    """Single-draw, majority-vote and worst-of-K accuracy, each with its interval, and per-sample
-    outcomes, from a (draws, N) bool tensor."""
-    draws, n = correct.shape
-    outcomes = {
-        "single": correct[0],
-        "vote": correct.float().mean(0) > 0.5,
-        "worst": correct.all(0),
-    }
-    return {
-        "n": n,
-        "draws": draws,
-        "accuracy": {k: int(v.sum()) / n for k, v in outcomes.items()},
-        "interval": {k: wilson_interval(int(v.sum()), n) for k, v in outcomes.items()},
-        "per_sample": {"correct_draws": correct.sum(0).tolist()},
-    }
+def attack_target(defense: nn.Module, protocol: str) -> nn.Module:
+    """What the attacker differentiates: the whole defense, or (classifier-only, the authors'
+    ablation protocol, BPDA with the identity) the bare classifier, purified afterwards."""
+    check_protocol(protocol)
+    if protocol == "classifier-only" and isinstance(defense, DefendedModel):
+        return defense.classifier
+    return defense
+
+
+def attack_and_judge(
+    defense: nn.Module,
+    attack: AttackConfig,
+    x: Tensor,
+    y: Tensor,
+    protocol: str,
+    draws: int,
+    batch: int,
+    defense_seed: int = 0,
+) -> Tensor:
+    """(draws, B) outcomes of one batch, seeded by its global position `batch`."""
+    if isinstance(defense, DefendedModel):
+        defense.transform.seed(batch_seed(defense_seed, batch))
+    cfg = dataclasses.replace(attack, seed=batch_seed(attack.seed, batch))
+    x_adv = run_attack(attack_target(defense, protocol), cfg, x, y)
+    return judge(defense, x_adv, y, draws).cpu()
 
 
 def evaluate(
-    defense: DefendedModel | nn.Module,
+    defense: nn.Module,
     attack: AttackConfig,
     images: Tensor,
     labels: Tensor,
     protocol: str,
-    device: torch.device,
+    device: torch.device | str,
     draws: int = 5,
     batch_size: int = 64,
+    *,
+    first_batch: int = 0,
+    skip_batches: int = 0,
+    defense_seed: int = 0,
+    on_batch: BatchCallback | None = None,
 ) -> dict:
-    """Attack `images` under `protocol` and judge the defense on the results. `whole-model`
-    attacks the defense itself (with EOT when `attack.eot` > 1); `classifier-only` attacks the bare
-    classifier and then purifies (the authors' ablation protocol, BPDA with identity)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    target = defense
-    if protocol == "classifier-only" and isinstance(defense, DefendedModel):
-        target = defense.classifier
-    start, results = time.perf_counter(), []
-    bar = tqdm(range(0, len(images), batch_size), desc=f"{attack.name}/{protocol}", leave=False)
-    for i in bar:
-        x = images[i : i + batch_size].to(device).float().div_(255)
-        y = labels[i : i + batch_size].to(device)
-        x_adv = run_attack(target, attack, x, y)
-        results.append(judge(defense, x_adv, y, draws).cpu())
-        bar.set_postfix(acc=f"{torch.cat(results, 1)[0].float().mean():.3f}")
-    record = summarize(torch.cat(results, 1))
-    return {
-        "protocol": protocol,
-        "attack": attack.describe(),
-        **record,
-        "wall_s": round(time.perf_counter() - start, 1),
-    }
+    """Attack uint8 `images` in batches and judge the defense on the results.
+
+    `first_batch` is the global position of `images[0]`'s batch (for shards), `skip_batches`
+    the batches already done (for resume; `on_batch` saw them before). Returns `n`, `accuracy`,
+    `interval` and `per_sample` over the batches run here.
+    """
+    check_protocol(protocol)
+    starts = range(skip_batches * batch_size, len(images), batch_size)
+    per_sample = {"index": [], "correct_draws": [], "first_draw": []}
+    bar = tqdm(starts, desc=f"{attack.name}/{protocol}", leave=False, mininterval=5)
+    for start in bar:
+        batch = first_batch + start // batch_size
+        x = images[start : start + batch_size].to(device).float().div_(255)
+        y = labels[start : start + batch_size].to(device)
+        correct = attack_and_judge(defense, attack, x, y, protocol, draws, batch, defense_seed)
+        per_sample["index"] += list(range(start, start + len(y)))
+        per_sample["correct_draws"] += correct.sum(0).tolist()
+        per_sample["first_draw"] += correct[0].int().tolist()
+        if on_batch is not None:
+            on_batch(start, correct)
+        bar.set_postfix(acc=f"{sum(per_sample['first_draw']) / len(per_sample['index']):.3f}")
+    return {**summarize_outcomes(per_sample, draws), "per_sample": per_sample}

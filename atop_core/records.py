@@ -1,81 +1,158 @@
-"""Evaluation records: one JSON file per (defense, attack, protocol), with its whole protocol.
+"""Evaluating a saved defense into a record file: what `python -m atop_core evaluate` runs.
 
-(DESIGN §4 and STYLE §2.7.) Issue 4 grows this into the full record, resumable per batch, with
-sanity checks and shards; for now a record is written whole, atomically, when its run ends.
+Loads the defense and the profile's fixed evaluation images, resumes the record at its path if a
+killed run left one (refusing a record of any other run), attacks the remaining batches (or one
+shard of them), runs the sanity checks and marks the record complete.
 """
 
-import platform
+import dataclasses
+import time
 from pathlib import Path
 
 import torch
-import torchattacks
 
 from atop_core.attacks import AttackConfig
 from atop_core.config import Profile, settings
 from atop_core.data import eval_subset, indices_sha256, load_dataset
 from atop_core.defense import load_defense
-from atop_core.evaluate import evaluate
+from atop_core.evaluate import SEED_STRIDE, check_protocol, evaluate
 from atop_core.io import write_json
+from atop_core.results import (
+    SCHEMA,
+    describe_defense,
+    environment,
+    record_path,
+    resume_or_start,
+    save_progress,
+)
+from atop_core.sanity import sanity_checks, unreliable
 
 
-def environment(device: torch.device) -> dict:
-    return {
-        "torch": torch.__version__,
-        "torchattacks": torchattacks.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/k' -> (i, k), shard i of k (0-based), refused clearly when malformed."""
+    if text is None:
+        return None
+    try:
+        i, k = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/k (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < k:
+        raise ValueError(f"--shard {text!r}: need 0 <= i < k (shards are numbered from 0)")
+    return i, k
+
+
+def shard_batches(n: int, batch_size: int, shard: tuple[int, int] | None) -> range:
+    """The global batch positions of one shard: contiguous, whole batches, as even as can be."""
+    total = -(-n // batch_size)
+    if shard is None:
+        return range(total)
+    i, k = shard
+    return range(i * total // k, (i + 1) * total // k)
 
 
 def evaluate_defense(
     path: str | Path,
     profile: Profile,
-    attack: str,
+    attack: AttackConfig,
     *,
     protocol: str,
-    steps: int,
-    eot: int,
-    eps: float,
-    n: int | None,
-    draws: int,
     device: torch.device,
+    n: int | None = None,
+    draws: int | None = None,
+    shard: tuple[int, int] | None = None,
     seed: int = 0,
+    sanity: bool = True,
 ) -> tuple[dict, Path]:
-    """Attack one saved defense on the profile's fixed evaluation subset; write and return the
-    record and its path (`results/<profile>/<dataset>/<defense>__<attack>__<protocol>.json`)."""
+    """Attack one saved defense on the profile's fixed evaluation subset; write (resumably) and
+    return the record and its path."""
+    check_protocol(protocol)
+    ev = profile.evaluation
+    draws = draws or ev.draws
     defense = load_defense(path, device, seed=seed)
     meta = defense.meta
     test = load_dataset(meta["dataset"], "test")
     sub, idx = eval_subset(meta["dataset"], test, n or profile.data.n_eval, profile.data.eval_seed)
-    n = len(idx)
-    cfg = AttackConfig(name=attack, eps=eps, steps=steps, eot=eot, seed=seed + 1)
     target = defense if meta["purifier"] is not None else defense.classifier
-    result = evaluate(target, cfg, sub.images, sub.labels, protocol, device, draws=draws)
-    record = {
+    if attack.num_classes not in (None, meta["num_classes"]):  # AutoAttack's targeted runs
+        attack = dataclasses.replace(attack, num_classes=meta["num_classes"])
+    batches = shard_batches(len(idx), ev.batch_size, shard)
+    lo, hi = batches.start * ev.batch_size, min(len(idx), batches.stop * ev.batch_size)
+    header = {
+        "schema": SCHEMA,
         "dataset": meta["dataset"],
         "split": "test",
         "profile": profile.name,
-        "indices": {"n": n, "seed": profile.data.eval_seed, "sha256": indices_sha256(idx)},
-        "defense": {
-            "file": Path(path).name,
-            "sha256": meta.get("sha256"),
-            "classifier": meta["classifier_arch"],
-            "purifier": (meta["purifier"] or {}).get("kind", "none"),
-            "transform": meta["transform"],
-            "atop": meta["atop"],
-            "seed": seed,
+        "protocol": protocol,
+        "indices": {
+            "n": len(idx),
+            "seed": profile.data.eval_seed,
+            "sha256": indices_sha256(idx),
+            "shard": list(shard) if shard else None,
         },
-        "unreliable": None,  # sanity checks: issue 4
-        "env": environment(device),
-        **result,
+        "defense": describe_defense(path, meta, seed),
+        "attack": attack.describe(),
+        "draws": draws,
+        "batch_size": ev.batch_size,
+        "seeding": f"batch b: defense seed * {SEED_STRIDE} + b, attack seed * {SEED_STRIDE} + b",
     }
-    tag = f"{attack}-{steps}-eot{eot}" if attack not in ("clean", "fgsm") else attack
-    out = (
-        settings().results_dir
-        / profile.name
-        / meta["dataset"]
-        / f"{Path(path).stem}__{tag}__{protocol}.json"
+    out = record_path(
+        settings().results_dir,
+        profile.name,
+        meta["dataset"],
+        header["defense"]["name"],
+        attack.tag(),
+        protocol,
+        shard,
+    )
+    record = resume_or_start(out, header)
+    if record.get("complete"):
+        return record, out
+    start = time.perf_counter() - record.get("wall_s", 0.0)
+    done = -(-len(record["per_sample"]["index"]) // ev.batch_size)  # batches are saved whole
+
+    def keep(first: int, correct: torch.Tensor) -> None:
+        nonlocal record
+        positions = range(lo + first, lo + first + correct.shape[1])
+        record["wall_s"] = round(time.perf_counter() - start, 1)
+        record = save_progress(out, record, correct, [idx[p] for p in positions])
+
+    evaluate(
+        target,
+        attack,
+        sub.images[lo:hi],
+        sub.labels[lo:hi],
+        protocol,
+        device,
+        draws,
+        ev.batch_size,
+        first_batch=batches.start,
+        skip_batches=done,
+        defense_seed=seed,
+        on_batch=keep,
+    )
+    checks = {}
+    if sanity and ev.sanity_n and batches.start == 0:
+        m = min(ev.sanity_n, hi)
+        white_box = sum(record["per_sample"]["first_draw"][:m]) / m
+        checks = sanity_checks(
+            target,
+            attack,
+            sub.images[:m],
+            sub.labels[:m],
+            protocol,
+            white_box,
+            device,
+            draws=draws,
+            batch_size=ev.batch_size,
+            square_queries=ev.square_queries,
+            defense_seed=seed,
+        )
+    record.update(
+        sanity=checks,
+        unreliable=unreliable(checks) if checks else None,
+        env=environment(device),
+        wall_s=round(time.perf_counter() - start, 1),
+        complete=True,
     )
     write_json(out, record)
     return record, out

@@ -82,7 +82,7 @@ def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsy
         "cpu",
     ]
     assert main(args) == 0
-    assert "pgd-eot (whole-model): single" in capsys.readouterr().out
+    assert "pgd-eot-1-eot2 (whole-model): single" in capsys.readouterr().out
     out = (
         Path(os.environ["ATOP_HOME"])
         / "results"
@@ -98,3 +98,19 @@ def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsy
     assert main(["evaluate", "--profile", "smoke", "--defense", str(path), "--n", "2"]) == 0
     out = out.with_name("defense-ae-rt2-atop__pgd-eot-2-eot2__whole-model.json")
     assert json.loads(out.read_text())["draws"] == 3
+    # a defense by name, in shards of a Slurm-style array, merged into one record
+    home_ckpt = Path(os.environ["ATOP_HOME"]) / "checkpoints" / "smoke" / "cifar10"
+    home_ckpt.mkdir(parents=True)
+    for suffix in (".pt", ".json"):
+        (home_ckpt / f"defense-ae-rt2-atop{suffix}").write_bytes(
+            path.with_suffix(suffix).read_bytes()
+        )
+    shard = ["evaluate", "--profile", "smoke", "--defense", "defense-ae-rt2-atop"]
+    shard += ["--dataset", "cifar10", "--attack", "fgsm", "--n", "10", "--no-sanity"]
+    for i in range(2):
+        assert main([*shard, "--shard", f"{i}/2"]) == 0
+    assert main(["merge", "--profile", "smoke"]) == 0
+    merged = json.loads(
+        out.with_name("defense-ae-rt2-atop__fgsm-eot2__whole-model.json").read_text()
+    )
+    assert merged["n"] == 10 and merged["shards"] == 2 and merged["complete"] is True

@@ -70,7 +70,7 @@ def test_config_hash_changes_with_any_field():
         (ClassifierConfig, {"label_smoothing": 1.0}, "label_smoothing must be in \\[0, 1\\)"),
         (FinetuneConfig, {"lam": -1.0}, "lam \\(λ\\) must be >= 0"),
         (FinetuneConfig, {"attack_on": "purifier"}, "unknown attack_on 'purifier'"),
-        (EvalConfig, {"eot": 0}, "steps, eot and draws must be >= 1"),
+        (EvalConfig, {"eot": 0}, "steps, eot, draws, batch_size and square_queries must be >= 1"),
     ],
 )
 def test_bad_stage_configs_are_refused_with_the_field_named(cls, kwargs, message):

@@ -1,12 +1,12 @@
-"""Attacks by name and the judging of a stochastic defense."""
+"""Attacking and judging a stochastic defense batch by batch."""
 
 import pytest
 import torch
 
-from atop_core.attacks import ATTACKS, AttackConfig, eot_loss, run_attack
+from atop_core.attacks import AttackConfig
 from atop_core.config import TransformConfig
 from atop_core.defense import DefendedModel
-from atop_core.evaluate import evaluate, summarize, wilson_interval
+from atop_core.evaluate import evaluate, judge
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import build_purifier
 from atop_core.transforms import RandomTransform
@@ -21,89 +21,57 @@ def _defense(seed=0):
     ).eval()
 
 
-def _batch(n=4):
+def _images(n=6):
     g = torch.Generator().manual_seed(3)
-    return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return x, torch.randint(0, 10, (n,), generator=g)
 
 
-def test_wilson_interval_matches_known_values():
-    low, high = wilson_interval(50, 100)
-    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
-    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
-
-
-def test_summary_separates_single_vote_and_worst():
-    correct = torch.tensor([[True, True, False], [True, False, False], [True, True, True]])
-    s = summarize(correct)
-    assert s["accuracy"] == {"single": 2 / 3, "vote": 2 / 3, "worst": 1 / 3}
-    assert s["per_sample"]["correct_draws"] == [3, 2, 1]
-
-
-@pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_every_attack_stays_in_the_eps_ball_and_pixel_range(name):
-    x, y = _batch()
-    cfg = AttackConfig(name=name, eps=8 / 255, steps=2, eot=2)
-    adv = run_attack(_defense(), cfg, x, y)
-    assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
-    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
-
-
-def test_eot_gradient_equals_the_mean_of_per_draw_gradients():
-    x, y = _batch(2)
-    batched = _defense(seed=4)
-    xb = x.clone().requires_grad_(True)
-    (g_batched,) = torch.autograd.grad(eot_loss(batched, xb, y, 3), xb)
-    single = _defense(seed=4)
-    copies = x.repeat(3, 1, 1, 1).requires_grad_(True)  # the same draws, one copy each
-    loss = eot_loss(single, copies, y.repeat(3), 1) / 3
-    (g_copies,) = torch.autograd.grad(loss, copies)
-    assert torch.allclose(g_batched, g_copies.view(3, *x.shape).sum(0), atol=1e-6)
-
-
-def test_reseeding_global_rng_inside_an_attack_leaves_defense_draws_unchanged():
-    x, y = _batch(2)
-    a, b = _defense(seed=1), _defense(seed=1)
-    run_attack(a, AttackConfig(name="pgd", steps=1, seed=5), x, y)
-    run_attack(b, AttackConfig(name="pgd", steps=1, seed=6), x, y)
-    assert torch.equal(a.purify(x), b.purify(x))
+def test_judge_gives_one_row_per_draw_and_repeats_a_deterministic_model():
+    x, y = _images(3)
+    assert judge(_defense(), x.float() / 255, y, draws=4).shape == (4, 3)
+    plain = judge(_defense().classifier, x.float() / 255, y, draws=4)
+    assert plain.shape == (4, 3) and (plain == plain[0]).all()
 
 
 def test_pgd_drives_an_undefended_overfit_classifier_to_zero():
     torch.manual_seed(0)
     model = build_classifier("small", 10, 32, width=0.25)
-    x, y = _batch(8)
+    x, y = _images(8)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(30):
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        torch.nn.functional.cross_entropy(model(x.float() / 255), y).backward()
         opt.step()
-    images = (x * 255).round().to(torch.uint8)
-    clean = evaluate(model, AttackConfig(name="clean"), images, y, "whole-model", "cpu", draws=1)
+    clean = evaluate(model, AttackConfig(name="clean"), x, y, "whole-model", "cpu", draws=1)
     attacked = evaluate(
-        model, AttackConfig(name="pgd", steps=10), images, y, "whole-model", "cpu", draws=1
+        model, AttackConfig(name="pgd", steps=10), x, y, "whole-model", "cpu", draws=1
     )
     assert clean["accuracy"]["single"] == 1.0 and attacked["accuracy"]["single"] == 0.0
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"name": "deepfool"}, "unknown attack 'deepfool'; known: clean, fgsm, pgd, pgd-eot"),
-        ({"eps": -0.1}, "eps must be >= 0"),
-    ],
-)
-def test_bad_attack_configs_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        AttackConfig(**kwargs)
+def test_skipped_batches_continue_with_the_same_draws_as_an_uninterrupted_run():
+    x, y = _images(6)
+    attack = AttackConfig(name="pgd-eot", steps=1, eot=2)
+    full = evaluate(_defense(), attack, x, y, "whole-model", "cpu", draws=3, batch_size=2)
+    seen = []
+    rest = evaluate(
+        _defense(),
+        attack,
+        x,
+        y,
+        "whole-model",
+        "cpu",
+        draws=3,
+        batch_size=2,
+        skip_batches=2,
+        on_batch=lambda start, correct: seen.append(start),
+    )
+    assert seen == [4] and rest["per_sample"]["index"] == [4, 5]
+    assert rest["per_sample"]["correct_draws"] == full["per_sample"]["correct_draws"][4:]
 
 
 def test_unknown_protocol_is_refused():
-    x, y = _batch(2)
-    with pytest.raises(ValueError, match="unknown protocol 'bpda'"):
-        evaluate(_defense(), AttackConfig(), (x * 255).byte(), y, "bpda", "cpu")
-
-
-def test_out_of_range_images_are_refused():
-    x, y = _batch(2)
-    with pytest.raises(ValueError, match="images must lie in \\[0, 1\\]"):
-        run_attack(_defense(), AttackConfig(), x * 2, y)
+    x, y = _images(2)
+    with pytest.raises(ValueError, match="unknown protocol 'bpda'; known: whole-model"):
+        evaluate(_defense(), AttackConfig(), x, y, "bpda", "cpu")

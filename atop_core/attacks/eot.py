@@ -1,0 +1,61 @@
+"""PGD with EOT on the whole defense, with full gradients (pgd-eot) or BPDA (bpda-eot).
+
+Ours, because torchattacks' EOTPGD loops over draws one forward at a time: here the batch is
+repeated `eot` times and run in one pass (Lee & Kim, ICCV 2023, full gradients through
+transform, purifier and classifier; Athalye et al. 2018 for BPDA).
+"""
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from atop_core.defense import DefendedModel
+
+if TYPE_CHECKING:
+    from atop_core.attacks import AttackConfig
+
+Loss = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
+
+
+def eot_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
+    """Sum over samples of the mean cross-entropy over `draws` transform draws (one batch); its
+    gradient is the mean of the per-draw gradients. A plain classifier has one draw."""
+    if isinstance(model, DefendedModel):
+        logits = model.draw_logits(x, draws)
+        return F.cross_entropy(logits.flatten(0, 1), y.repeat(draws), reduction="sum") / draws
+    return F.cross_entropy(model(x), y, reduction="sum")
+
+
+def bpda_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
+    """`eot_loss` with the purification g∘t replaced by the identity in the backward pass only:
+    the classifier sees the exact purified images, the gradient skips g∘t (BPDA)."""
+    if not isinstance(model, DefendedModel):
+        return eot_loss(model, x, y, 1)
+    repeated = x.repeat(draws, 1, 1, 1) if draws > 1 else x
+    purified = repeated + (model.purify(repeated) - repeated).detach()
+    logits = model.classifier(purified)
+    return F.cross_entropy(logits, y.repeat(draws), reduction="sum") / draws
+
+
+def pgd_linf(loss: Loss, model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
+    """L∞ PGD ascending `loss` from a uniform random start drawn from the attack's own seed."""
+    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1
+    low, high = (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
+    adv = (x + noise * cfg.eps).clamp(low, high)
+    for _ in range(cfg.steps):
+        adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(model, adv, y, cfg.eot), adv)
+        adv = (adv.detach() + cfg.alpha * grad.sign()).clamp(low, high)
+    return adv.detach()
+
+
+def pgd_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
+    return pgd_linf(eot_loss, model, x, y, cfg)
+
+
+def bpda_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
+    return pgd_linf(bpda_loss, model, x, y, cfg)

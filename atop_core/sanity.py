@@ -1,0 +1,114 @@
+"""Sanity checks against gradient masking, run with every evaluation (DESIGN §4).
+
+After Carlini et al., "On Evaluating Adversarial Robustness" (2019): on the first `n` evaluation
+images, rerun the attack with a huge budget (accuracy must collapse), with twice the steps and
+EOT draws (accuracy must not rise beyond the interval), as a transfer attack from the bare
+classifier and as Square, a black-box attack (neither may beat the white-box attack beyond the
+interval), and against the bare classifier (which must fall to about 0). A failed check marks
+the record `unreliable`; a check that does not apply says why instead of passing.
+"""
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from atop_core.attacks import AttackConfig
+from atop_core.defense import DefendedModel
+from atop_core.evaluate import evaluate
+from atop_core.results import wilson_interval
+
+NEAR_ZERO = 0.10  # "accuracy near 0": at most this fraction survives a huge budget
+LARGE_EPS_FACTOR = 16  # the huge budget: 16 × ε (8/255 -> 0.5 in L∞, capped at 1; 0.5 -> 8 in L2)
+ITERATIVE = ("bim", "pgd", "pgd-l2", "eot-pgd", "apgd", "apgd-l2", "pgd-eot", "bpda-eot")
+NORM_BOUNDED = ("fgsm", *ITERATIVE, "autoattack", "autoattack-rand", "autoattack-l2")
+NORM_BOUNDED += ("autoattack-rand-l2",)
+
+
+def _accuracy(defense: nn.Module, attack: AttackConfig, data: tuple, protocol: str, **kw) -> float:
+    return evaluate(defense, attack, *data, protocol, **kw)["accuracy"]["single"]
+
+
+def _no_higher(white_box: float, other: float, n: int) -> bool:
+    """The white-box accuracy is not above the other attack's Wilson upper bound."""
+    return white_box <= wilson_interval(round(other * n), n)[1]
+
+
+def sanity_checks(
+    defense: nn.Module,
+    attack: AttackConfig,
+    images: Tensor,
+    labels: Tensor,
+    protocol: str,
+    white_box: float,
+    device: torch.device,
+    *,
+    draws: int,
+    batch_size: int,
+    square_queries: int,
+    defense_seed: int = 0,
+) -> dict:
+    """Every check's verdict on `images` (uint8), given the attack's single-draw `white_box`
+    accuracy on exactly these images. Returns {check: {"passed": bool | None, ...}}."""
+    n, data = len(images), (images, labels)
+    kw = {"device": device, "draws": draws, "batch_size": batch_size, "defense_seed": defense_seed}
+    name, norm = attack.name, attack.norm
+    checks: dict[str, dict] = {}
+    if name == "clean":
+        return {"all": {"passed": None, "reason": "clean accuracy is not an attack"}}
+
+    if name in ITERATIVE:
+        huge = (
+            min(1.0, attack.eps * LARGE_EPS_FACTOR)
+            if norm == "linf"
+            else attack.eps * LARGE_EPS_FACTOR
+        )
+        cfg = dataclasses.replace(attack, eps=huge, alpha=None)  # alpha follows the new eps
+        acc = _accuracy(defense, cfg, data, protocol, **kw)
+        checks["large_eps"] = {"passed": acc <= NEAR_ZERO, "accuracy": acc, "eps": huge}
+        more = dataclasses.replace(attack, steps=attack.steps * 2, eot=attack.eot * 2)
+        acc = _accuracy(defense, more, data, protocol, **kw)
+        checks["more_budget"] = {
+            "passed": _no_higher(acc, white_box, n),
+            "accuracy": acc,
+            "reference": white_box,
+            "steps": more.steps,
+            "eot": more.eot,
+        }
+    else:
+        reason = f"{name} is not an iterative gradient attack"
+        checks["large_eps"] = checks["more_budget"] = {"passed": None, "reason": reason}
+
+    if name in NORM_BOUNDED and protocol == "whole-model" and isinstance(defense, DefendedModel):
+        acc = _accuracy(defense, attack, data, "classifier-only", **kw)
+        checks["transfer"] = {"passed": _no_higher(white_box, acc, n), "accuracy": acc}
+    else:
+        checks["transfer"] = {"passed": None, "reason": "needs a whole-model run on a purifier"}
+
+    if name in NORM_BOUNDED:
+        square = AttackConfig(
+            name="square" if norm == "linf" else "square-l2",
+            eps=attack.eps,
+            queries=square_queries,
+            seed=attack.seed,
+        )
+        acc = _accuracy(defense, square, data, protocol, **kw)
+        checks["square"] = {"passed": _no_higher(white_box, acc, n), "accuracy": acc}
+    else:
+        checks["square"] = {"passed": None, "reason": f"{name} has no norm ball to match"}
+
+    if name in ITERATIVE and isinstance(defense, DefendedModel) and defense.purifier is not None:
+        acc = _accuracy(defense.classifier, attack, data, "whole-model", **kw)
+        checks["bare_classifier"] = {"passed": acc <= NEAR_ZERO, "accuracy": acc}
+    else:
+        checks["bare_classifier"] = {
+            "passed": None,
+            "reason": "needs an iterative attack and a purifier",
+        }
+    return checks
+
+
+def unreliable(checks: dict) -> bool | None:
+    """True if any check failed, False if some ran and all passed, None if none applied."""
+    verdicts = [c["passed"] for c in checks.values() if c["passed"] is not None]
+    return None if not verdicts else not all(verdicts)

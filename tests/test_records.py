@@ -1,0 +1,102 @@
+"""Evaluating saved defenses into records: resume, shards, and refusal of foreign records."""
+
+import json
+
+import pytest
+import torch
+
+from atop_core.attacks import AttackConfig
+from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig, get_profile
+from atop_core.defense import save_defense
+from atop_core.nets.classifiers import build_classifier
+from atop_core.nets.purifiers import build_purifier
+from atop_core.records import evaluate_defense, parse_shard, shard_batches
+from atop_core.results import RecordMismatchError, merge_all
+from tests.conftest import write_tree
+
+ATTACK = AttackConfig(name="pgd-eot", steps=1, eot=2, seed=1)
+VOLATILE = ("wall_s", "env", "indices", "shards", "sanity", "unreliable")
+
+
+@pytest.fixture()
+def defense_path(tmp_path, monkeypatch):
+    write_tree(tmp_path, "cifar10", per_class=1)  # 10 test images
+    monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    path = tmp_path / "defense-ae-rt2-atop.pt"
+    save_defense(
+        path,
+        build_classifier("small", 10, 32, width=0.25),
+        build_purifier("ae", width=4, image_size=32),
+        dataset="cifar10",
+        num_classes=10,
+        image_size=32,
+        classifier_cfg=ClassifierConfig(width=0.25),
+        purifier_cfg=PurifierConfig(kind="ae", width=4),
+        transform_cfg=TransformConfig(),
+        atop=True,
+    )
+    return path
+
+
+def _run(path, **kw):
+    profile = get_profile("smoke")  # batches of 8: 10 images make two batches
+    kw = {"protocol": "whole-model", "device": torch.device("cpu"), "n": 10, "draws": 3, **kw}
+    return evaluate_defense(path, profile, ATTACK, sanity=False, **kw)
+
+
+def _stable(record):
+    return {k: v for k, v in record.items() if k not in VOLATILE}
+
+
+def test_killed_evaluation_resumes_to_identical_record(defense_path, monkeypatch):
+    full, out = _run(defense_path)
+    out.unlink()
+    import atop_core.records as records
+
+    real, calls = records.save_progress, []
+
+    def killed_after_one_batch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(records, "save_progress", killed_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(defense_path)
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False and partial["n"] == 8
+    monkeypatch.setattr(records, "save_progress", real)
+    resumed, _ = _run(defense_path)
+    assert _stable(resumed) == _stable(full) and resumed["complete"] is True
+
+
+def test_shards_merge_into_the_unsharded_record(defense_path, tmp_path):
+    full, out = _run(defense_path)
+    shards = [_run(defense_path, shard=(i, 2))[1] for i in range(2)]
+    assert [json.loads(p.read_text())["n"] for p in shards] == [8, 2]
+    out.unlink()
+    assert merge_all(out.parents[2]) == [out]
+    merged = json.loads(out.read_text())
+    assert _stable(merged) == _stable(full) and merged["shards"] == 2
+
+
+def test_a_record_of_another_run_in_the_same_file_is_refused(defense_path):
+    _, out = _run(defense_path)
+    record = json.loads(out.read_text())
+    record["attack"]["steps"] = 7
+    out.write_text(json.dumps(record))
+    with pytest.raises(RecordMismatchError, match="differs in: attack"):
+        _run(defense_path)
+
+
+@pytest.mark.parametrize("text", ["2", "2/2", "a/b", "-1/3"])
+def test_bad_shard_specs_are_refused(text):
+    with pytest.raises(ValueError, match="--shard"):
+        parse_shard(text)
+
+
+def test_shards_cover_every_batch_exactly_once():
+    parts = [shard_batches(1000, 64, (i, 3)) for i in range(3)]
+    assert [b for p in parts for b in p] == list(range(16))

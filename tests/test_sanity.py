@@ -1,0 +1,53 @@
+"""The gradient-masking sanity checks flag a masked model and pass an honest one."""
+
+import torch
+from torch import nn
+
+from atop_core.attacks import AttackConfig
+from atop_core.config import TransformConfig
+from atop_core.defense import DefendedModel
+from atop_core.sanity import sanity_checks, unreliable
+from atop_core.transforms import RandomTransform
+
+
+class Brightness(nn.Module):
+    """A classifier that is right by construction: class 1 iff the mean pixel exceeds 0.5."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3)) - 0.5
+        return torch.stack([-m, m], 1) * 50
+
+
+class Quantize(nn.Module):
+    """Rounds pixels to 5 levels: zero gradient everywhere, the classic masked 'defense'."""
+
+    def forward(self, x, keep):
+        return torch.round(x * 4) / 4
+
+
+def _data(n=8):
+    # mean 0.3 (class 0) or 0.7 (class 1): no 8/255 attack can cross 0.5, a 0.5 one easily can
+    y = torch.arange(n) % 2
+    x = torch.full((n, 3, 32, 32), 0.3) + 0.4 * y.view(-1, 1, 1, 1)
+    return (x * 255).round().to(torch.uint8), y
+
+
+def _checks(purifier):
+    model = DefendedModel(Brightness(), purifier, RandomTransform(TransformConfig(kind="none")))
+    x, y = _data()
+    attack = AttackConfig(name="pgd", steps=5)
+    return sanity_checks(
+        model, attack, x, y, "whole-model", 1.0, "cpu", draws=1, batch_size=8, square_queries=20
+    )
+
+
+def test_a_gradient_masked_model_is_flagged_unreliable():
+    checks = _checks(Quantize())
+    assert checks["large_eps"]["passed"] is False and checks["large_eps"]["accuracy"] > 0.5
+    assert unreliable(checks) is True
+
+
+def test_an_honest_model_passes_the_checks_that_apply():
+    checks = _checks(None)
+    assert checks["large_eps"]["passed"] is True and unreliable(checks) is False
+    assert checks["bare_classifier"]["passed"] is None  # no purifier: nothing to compare
