@@ -324,7 +324,13 @@ QUICK = Profile(
     purifier=PurifierConfig(width=16, epochs=1, train_subset=30_000, gan_weight=0.01),
     finetune=FinetuneConfig(epochs=1, train_subset=10_000),
     evaluation=EvalConfig(
-        steps=10, eot=4, draws=5, sanity_n=32, square_queries=200, step_cap=50, n_table=128
+        steps=10,
+        eot=4,
+        draws=5,
+        sanity_n=16,
+        square_queries=100,
+        step_cap=20,  # PGD-1000 and CW-100 run as 20 steps here; tables say what ran
+        n_table=64,  # the first 64 of the 512 fixed images per table cell
     ),
 )
 PAPER = Profile(

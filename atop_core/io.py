@@ -1,6 +1,7 @@
 """Atomic file writes: a killed run leaves the old file or the new one, never half of one."""
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -30,13 +31,15 @@ def read_json(path: Path) -> Any:
 
 
 def save_torch(path: Path, obj: Any) -> str:
-    """torch.save through a temp file and a rename; returns the file's SHA-256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    torch.save(obj, tmp)
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically; returns the file's SHA-256. Serialized in memory (so the archive
+    is not named after a temp file and equal objects give equal bytes), and an identical file
+    already on disk is left untouched, so its hash, and records naming it, stay valid."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    if not (Path(path).exists() and sha256_file(path) == digest):
+        write_bytes_atomic(path, data)
     return digest
 
 

@@ -1,0 +1,182 @@
+"""What the figures show, computed without drawing (plots.py draws it).
+
+- `mix_number_analysis`: the authors' "impact of missing rate and mix number" quantities
+  (ATOP_PAPER §4, §6 item 10), on our block masks by default.
+- `rt_stages`: one draw of t, g and the combination, stage by stage (the paper's Figure 2).
+- `purify_examples`: clean, adversarial and purified images with the classifier's predictions.
+- `readings_frame`: evaluation records as one long table, one row per record and reading.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from atop_core.config import TransformConfig
+from atop_core.defense import DefendedModel
+from atop_core.transforms import RandomTransform, block_mask
+
+SCALE = 100.0  # the authors' plot: Z = 100 × mean |Δ| on the [0,1] pixel scale
+NOISE_STREAM = 1_000_003  # the noise generator's seed is seed + this, apart from the masks'
+MIX_COLUMNS = ("missing_rate", "mix_number", "masked_perturbation", "noise_residual")
+MIX_COLUMNS += ("noise_std", "grid", "n")
+READINGS = ("single", "vote", "worst")
+
+
+def _mix(images: Tensor, keep: Tensor) -> Tensor:
+    """The mean of M masked copies: (M, n, C, H, W) images (or one (n, C, H, W) image broadcast
+    to every copy) and (M, n, 1, H, W) keep-masks -> (n, C, H, W). Missing pixels count as 0."""
+    return (images * keep).mean(0)
+
+
+def mix_number_analysis(
+    clean: Tensor,
+    adv: Tensor,
+    missing_rates: Sequence[float],
+    mix_numbers: Sequence[int],
+    noise_std: float,
+    grid: int,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How much of an adversarial perturbation survives masking, against how much noise survives
+    averaging, per (missing rate r, mix number M); one row per pair, columns `MIX_COLUMNS`.
+
+    For each pair, M keep-masks m_j (exactly round(r·grid²) of the grid's blocks missing, drawn per
+    sample) and M Gaussian noises n_j are drawn, and mix(z_j) = (1/M) Σ_j m_j ⊙ z_j:
+    - masked_perturbation (the authors' quantity i) = 100 · mean |mix(x') − mix(x)|: the
+      perturbation the masked copies still carry (noise-free, so it is 0 when x' = x);
+    - noise_residual (quantity ii) = 100 · mean |mix(clip(x' + σ·n_j)) − mix(x')|: the noise left
+      after averaging M noisy masked copies, which falls as M grows.
+    The authors' notebook drew per-pixel masks with σ = 2/255 (ATOP_PAPER §6 item 10): pass
+    grid = image side for per-pixel masks. Masks are drawn from `seed`, noise from its own stream;
+    every pair restarts both, so two missing rates with the same M share their draws (the missing
+    blocks at a higher rate include those at a lower one) and the rows are comparable.
+    Images: (n, C, H, W) in [0, 1], square; computed on the CPU.
+    """
+    if clean.shape != adv.shape:
+        raise ValueError(f"clean and adv must have one shape, got {clean.shape} and {adv.shape}")
+    clean, adv = clean.detach().float().cpu(), adv.detach().float().cpu()
+    n, _, size, _ = clean.shape
+    rows = []
+    for m in mix_numbers:
+        for rate in missing_rates:
+            masks = torch.Generator().manual_seed(seed)
+            noise = torch.Generator().manual_seed(seed + NOISE_STREAM)
+            keep = block_mask(m * n, size, grid, rate, masks).view(m, n, 1, size, size)
+            noisy = (adv + noise_std * torch.randn((m, *adv.shape), generator=noise)).clamp(0, 1)
+            mixed_adv = _mix(adv, keep)
+            perturbation = (mixed_adv - _mix(clean, keep)).abs().mean().item()
+            residual = (_mix(noisy, keep) - mixed_adv).abs().mean().item()
+            rows.append(
+                (float(rate), int(m), SCALE * perturbation, SCALE * residual, noise_std, grid, n)
+            )
+    return pd.DataFrame(rows, columns=list(MIX_COLUMNS))
+
+
+@dataclass(frozen=True)
+class TransformStages:
+    """One draw of x ↦ g(t(x)), stage by stage. Per-copy tensors are (K, B, ...), K copies."""
+
+    kind: str
+    input: Tensor  # (B, C, H, W)
+    noisy: Tensor  # (B, C, H, W): after the noise, before any mask (the input itself for RT1)
+    keep: Tensor  # (K, B, 1, H, W): 1 kept, 0 missing
+    copies: Tensor  # (K, B, C, H, W): the masked copies t_i(x) the purifier sees
+    filled: Tensor  # (K, B, C, H, W): the purifier's outputs g(t_i(x))
+    combined: Tensor  # (B, C, H, W): x̂, the image the classifier sees
+
+
+@torch.no_grad()
+def rt_stages(
+    purifier: nn.Module | None, cfg: TransformConfig, x: Tensor, seed: int = 0
+) -> TransformStages:
+    """Every intermediate image of one draw of `cfg`'s transform (seeded by `seed`) and the
+    purifier on [0,1] images x, combined by `RandomTransform.combine`. The noisy image is the
+    same draw re-made with nothing masked: the transform draws its noise before its masks."""
+    t = RandomTransform(cfg, seed)
+    copies, keep = t(x)
+    filled = copies if purifier is None else purifier(copies, keep)
+    combined = t.combine(filled, keep)
+    noisy = x.clone()
+    if cfg.kind in ("rt2", "rt3") and cfg.noise_std > 0:
+        unmasked = replace(cfg, kind="rt2", missing_rate=0.0)
+        noisy = RandomTransform(unmasked, seed)(x)[0]
+    k, shape = t.copies, x.shape
+    return TransformStages(
+        kind=cfg.kind,
+        input=x.clone(),
+        noisy=noisy,
+        keep=keep.view(k, shape[0], 1, *shape[2:]),
+        copies=copies.view(k, *shape),
+        filled=filled.view(k, *shape),
+        combined=combined,
+    )
+
+
+@torch.no_grad()
+def purify_examples(
+    defense: DefendedModel, x: Tensor, x_adv: Tensor, seed: int = 0
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Images {clean, adversarial, purified clean, purified adversarial} and the frozen
+    classifier's predicted class for each (B,). Both inputs are purified with the same draw of
+    the transform (as the authors paired them), so their difference is the perturbation's alone.
+    The defense's own transform stream is left untouched."""
+    cfg = defense.transform.cfg
+    images = {
+        "clean": x,
+        "adversarial": x_adv,
+        "purified clean": rt_stages(defense.purifier, cfg, x, seed).combined,
+        "purified adversarial": rt_stages(defense.purifier, cfg, x_adv, seed).combined,
+    }
+    predictions = {k: defense.classifier(v).argmax(1) for k, v in images.items()}
+    return images, predictions
+
+
+def _defense_name(defense: dict) -> str:
+    return defense.get("name") or Path(defense.get("file", "unknown")).stem
+
+
+def _budget(attack: dict) -> dict:
+    """The attack's name and budget; "clean" is no attack: ε = 0, no steps, no EOT samples (its
+    record still carries the config's defaults, which would put it at ε = 8/255)."""
+    clean = attack["name"] == "clean"
+    eps = 0.0 if clean else attack.get("eps")
+    return {
+        "attack": attack["name"],
+        "eps": eps,
+        "eps_255": None if eps is None else round(eps * 255, 3),
+        "steps": 0 if clean else attack.get("steps"),
+        "eot": None if clean else attack.get("eot"),
+    }
+
+
+def readings_frame(records: Iterable[dict]) -> pd.DataFrame:
+    """Evaluation records (record_schema.md) as a long table: one row per record and reading
+    (single, vote, worst), with the accuracy and its Wilson 95% interval as fractions, ε both on
+    the [0,1] scale and in 1/255 units (0 for clean accuracy), and the attack's steps and EOT
+    samples."""
+    rows = []
+    for r in records:
+        attack = _budget(r["attack"])
+        for reading in READINGS:
+            lo, hi = r["interval"][reading]
+            rows.append(
+                {
+                    "defense": _defense_name(r["defense"]),
+                    "dataset": r["dataset"],
+                    "profile": r["profile"],
+                    "protocol": r["protocol"],
+                    **attack,
+                    "draws": r.get("draws"),
+                    "n": r["n"],
+                    "reading": reading,
+                    "accuracy": r["accuracy"][reading],
+                    "lo": lo,
+                    "hi": hi,
+                    "unreliable": bool(r.get("unreliable")),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,358 @@
+"""What the notebooks and `run_all.sh` call: checked parameters, the attack suites behind each
+paper table at a profile's budgets, and running them into records (DESIGN §4-6).
+
+Suites name the paper's budgets (PGD-1000, CW-100, ...); a reduced profile caps the steps
+(`EvalConfig.step_cap`) and the images (`EvalConfig.n_table`), and every record says what ran.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from atop_core.analysis import purify_examples
+from atop_core.attacks import ATTACKS, AttackConfig, run_attack
+from atop_core.config import (
+    PURIFIER_KINDS,
+    TRANSFORM_KINDS,
+    Profile,
+    get_profile,
+    resolve_device,
+    settings,
+)
+from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, load_dataset
+from atop_core.defense import DefendedModel
+from atop_core.pipeline import (
+    DataBundle,
+    defense_path,
+    defense_transform,
+    get_classifier,
+    get_finetuned,
+    get_pretrained,
+    stage_dir,
+    train_chain,
+)
+from atop_core.records import evaluate_defense
+from atop_core.results import worst_case
+from atop_core.tables import build_table, load_reference, records_frame, wide_tables
+from atop_core.train import accuracy
+from atop_core.transforms import RandomTransform
+
+PROTOCOL_ATTACKS = {  # the whole model is random: its attacks average gradients over EOT draws
+    "whole-model": {"pgd": "pgd-eot", "autoattack": "autoattack-rand"},
+    "classifier-only": {"pgd": "pgd", "autoattack": "autoattack"},
+}
+EOT_ATTACKS = ("pgd-eot", "bpda-eot", "eot-pgd", "apgd", "apgd-l2", "autoattack-rand")
+EOT_ATTACKS += ("autoattack-rand-l2",)  # those that average gradients over transform draws
+# The ablation tables' columns (ATOP_PAPER §3.2) at the paper's budgets: (column, attack, steps).
+ABLATION = (
+    ("clean", "clean", 1),
+    ("fgsm", "fgsm", 1),
+    ("pgd-10", "pgd", 10),
+    ("pgd-20", "pgd", 20),
+    ("cw-100", "cw-l2", 100),
+    ("pgd-1000", "pgd", 1000),
+    ("autoattack", "autoattack", 100),
+)
+# Seen (the L∞ budget AT trained on) and unseen threat models (DESIGN §4: L2 0.5, StAdv 0.05).
+GENERALIZATION = (("linf", "pgd", 20), ("l2", "pgd-l2", 20), ("stadv", "stadv", 20))
+EPS_SWEEP = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One notebook's checked setting: a profile, a dataset and a device."""
+
+    profile: Profile
+    dataset: str
+    device: torch.device
+    seed: int = 0
+
+    def defense(self, purifier: str, transform: str, atop: bool) -> str:
+        """A defense's file (from `train_chain`) by its parts; `purifier` none for baselines."""
+        return str(defense_path(self.profile, self.dataset, purifier, transform, atop))
+
+    @property
+    def checkpoints(self):
+        return stage_dir(self.profile, self.dataset)
+
+    @property
+    def figures(self):
+        return settings().figures_dir(self.profile.name) / self.dataset
+
+
+def setup(
+    profile: str,
+    dataset: str,
+    device: str = "auto",
+    seed: int = 0,
+    purifier: str | None = None,
+    transform: str | None = None,
+) -> Run:
+    """Refuse bad notebook parameters in the first cell, naming the value and the choices."""
+    DATASETS.get_entry(dataset)  # unknown dataset: lists the known ones
+    if purifier is not None and purifier not in PURIFIER_KINDS:
+        raise ValueError(f"unknown purifier {purifier!r}; known: {', '.join(PURIFIER_KINDS)}")
+    if transform is not None and transform not in TRANSFORM_KINDS[1:]:
+        known = ", ".join(TRANSFORM_KINDS[1:])
+        raise ValueError(f"unknown transform {transform!r}; known: {known}")
+    return Run(get_profile(profile), dataset, resolve_device(device), seed)
+
+
+def attack(profile: Profile, name: str, protocol: str, steps: int = 1, **kw) -> AttackConfig:
+    """The attack a suite names (`pgd`, `autoattack`: per protocol), as this profile runs it."""
+    return configure(profile, PROTOCOL_ATTACKS[protocol].get(name, name), protocol, steps, **kw)
+
+
+def configure(profile: Profile, name: str, protocol: str, steps: int = 1, **kw) -> AttackConfig:
+    """Attack `name` at the profile's budgets: steps (and Square's queries) capped at reduced
+    profiles; EOT draws for attacks on the whole, random model."""
+    ev = profile.evaluation
+    eot = ev.eot if protocol == "whole-model" and name in EOT_ATTACKS else 1
+    if ev.step_cap and "queries" in ATTACKS.get_entry(name).defaults:  # Square's, capped alike
+        kw.setdefault("queries", ev.square_queries)
+    return AttackConfig(name=name, steps=ev.scale_steps(steps), eot=eot, seed=1, **kw)
+
+
+def ablation_suite(profile: Profile, protocol: str) -> list[AttackConfig]:
+    return [attack(profile, name, protocol, steps) for _, name, steps in ABLATION]
+
+
+def generalization_suite(profile: Profile) -> list[AttackConfig]:
+    return [attack(profile, name, "whole-model", steps) for _, name, steps in GENERALIZATION]
+
+
+def eps_sweep(profile: Profile) -> list[AttackConfig]:
+    return [attack(profile, "pgd", "whole-model", 10, eps=eps) for eps in EPS_SWEEP]
+
+
+def steps_sweep(profile: Profile) -> list[AttackConfig]:
+    """PGD-EOT with a quarter, half and all of the profile's steps (EOT fixed)."""
+    base = attack(profile, "pgd", "whole-model", profile.evaluation.steps)
+    steps = sorted({max(1, base.steps // 4), max(1, base.steps // 2), base.steps})
+    return [dataclasses.replace(base, steps=s) for s in steps]
+
+
+def eot_sweep(profile: Profile) -> list[AttackConfig]:
+    """PGD-EOT with 1, half and all of the profile's EOT samples (steps fixed)."""
+    base = attack(profile, "pgd", "whole-model", profile.evaluation.steps)
+    return [dataclasses.replace(base, eot=e) for e in sorted({1, max(1, base.eot // 2), base.eot})]
+
+
+def evaluate_suite(
+    run: Run,
+    defenses: list[str],
+    attacks: list[AttackConfig],
+    protocol: str = "whole-model",
+    n: int | None = None,
+    sanity: bool = True,
+) -> list[dict]:
+    """Records (resumed or computed) for every defense × attack."""
+    ev = run.profile.evaluation
+    n = n or ev.n_table or None
+    return [
+        evaluate_defense(
+            path,
+            run.profile,
+            cfg,
+            protocol=protocol,
+            device=run.device,
+            n=n,
+            seed=run.seed,
+            sanity=sanity,
+        )[0]
+        for path in defenses
+        for cfg in attacks
+    ]
+
+
+def adaptive_suite(profile: Profile, protocol: str = "whole-model") -> list[AttackConfig]:
+    """The headline comparison (issue 4): full-gradient PGD-EOT and BPDA+EOT on the whole
+    model, or PGD on the bare classifier, all at the profile's steps and EOT."""
+    steps = profile.evaluation.steps
+    if protocol == "classifier-only":
+        return [attack(profile, "pgd", protocol, steps)]
+    return [attack(profile, "pgd", protocol, steps), attack(profile, "bpda-eot", protocol, steps)]
+
+
+def registry_suite(profile: Profile) -> list[AttackConfig]:
+    """Every attack in the registry once, at the profile's steps (whole-model protocol)."""
+    steps = profile.evaluation.steps
+    return [configure(profile, name, "whole-model", steps) for name in sorted(ATTACKS)]
+
+
+def train_defenses(run: Run) -> list[dict]:
+    """Every defense of the chain (trained now unless its checkpoints are complete)."""
+    return train_chain(run.profile, run.dataset, run.device)
+
+
+def suite_defenses(run: Run, purifier: str, transform: str) -> list[str]:
+    """One purifier without and with AToP, and the bare classifier."""
+    return [
+        run.defense(purifier, transform, False),
+        run.defense(purifier, transform, True),
+        run.defense("none", "none", False),
+    ]
+
+
+def ablation_defenses(run: Run, purifier: str) -> list[str]:
+    return [run.defense(purifier, rt, atop) for rt in ("rt1", "rt2", "rt3") for atop in (0, 1)]
+
+
+def generalization_defenses(run: Run, purifier: str, transform: str) -> list[str]:
+    """The bare classifier, each adversarially trained baseline, the purifier ± AToP."""
+    at = [str(run.checkpoints / f"defense-none-none-at-{adv}.pt") for adv in run.profile.baselines]
+    return [run.defense("none", "none", False), *at] + suite_defenses(run, purifier, transform)[:2]
+
+
+def summary(records: list[dict]) -> pd.DataFrame:
+    """One line per record: accuracies in %, the single-draw interval and the sanity verdict."""
+    rows = []
+    for r in records:
+        lo, hi = r["interval"]["single"]
+        rows.append(
+            {
+                "defense": r["defense"]["name"],
+                "attack": r["attack"]["name"],
+                "steps": r["attack"].get("steps"),
+                "eot": r["attack"].get("eot"),
+                "protocol": r["protocol"],
+                "n": r["n"],
+                "single %": round(100 * r["accuracy"]["single"], 1),
+                "95% interval": f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+                "vote %": round(100 * r["accuracy"]["vote"], 1),
+                "worst %": round(100 * r["accuracy"]["worst"], 1),
+                "unreliable": r["unreliable"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def worst_case_by_defense(records: list[dict]) -> pd.DataFrame:
+    """Per defense and protocol: accuracy against the whole suite (`results.worst_case`)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["defense"]["name"], r["protocol"]), []).append(r)
+    rows = []
+    for (name, protocol), group in groups.items():
+        wc = worst_case(group)
+        rows.append(
+            {
+                "defense": name,
+                "protocol": protocol,
+                "attacks": len(group),
+                "n": wc["n"],
+                **{f"{k} %": round(100 * v, 1) for k, v in wc["accuracy"].items()},
+                "any unreliable": wc["unreliable"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def paper_table(run: Run, table_id: str, records: list[dict]) -> list[pd.DataFrame]:
+    """A paper table in its layout (paper → ours [interval] (difference)), one frame per block."""
+    reference = load_reference()
+    long = build_table(table_id, records_frame(records), reference, profile=run.profile.name)
+    return [wide for _, wide in wide_tables(long, reference["tables"][table_id])]
+
+
+def report_path(profile: Profile) -> Path:
+    """REPORT.md at the top for real runs; smoke's (a pipeline test) stays under outputs/."""
+    home = settings().home
+    return (
+        settings().outputs_dir("smoke") / "REPORT.md"
+        if profile.name == "smoke"
+        else home / "REPORT.md"
+    )
+
+
+def not_run_notes(profile: Profile) -> dict[str, str]:
+    """Each of the profile's datasets that cannot be loaded here, with the reason."""
+    notes = {}
+    for name in profile.datasets:
+        try:
+            load_dataset(name, "test")
+        except (DataNotFoundError, DataFormatError) as err:
+            notes[name] = f"not run: {err}"
+    return notes
+
+
+# --- small computations the notebooks show ---------------------------------------------------
+
+
+def clean_accuracy(run: Run, data: DataBundle, **models: nn.Module) -> pd.DataFrame:
+    """Clean accuracy (%) of each model on the fixed evaluation images (one draw if random)."""
+    images, labels = data.eval.images, data.eval.labels
+    return pd.DataFrame(
+        [
+            {
+                "model": name,
+                "n": len(labels),
+                "accuracy %": round(100 * accuracy(m, images, labels, run.device), 2),
+            }
+            for name, m in models.items()
+        ]
+    )
+
+
+def predictions(data: DataBundle, model: nn.Module, n: int) -> tuple[dict, dict]:
+    """The first `n` evaluation images and the model's predictions (`plots.purified_examples`)."""
+    device = next(model.parameters()).device
+    x = data.eval.images[:n].float().div(255)
+    with torch.no_grad():
+        return {"input": x}, {"input": model(x.to(device)).argmax(1).cpu()}
+
+
+def defense_pair(
+    run: Run, data: DataBundle, classifier: nn.Module, purifier: str, transform: str
+) -> tuple[DefendedModel, DefendedModel]:
+    """The defense without and with AToP, from the (cached) pretrained and fine-tuned purifiers."""
+    t_cfg = defense_transform(run.profile, transform)
+    pair = []
+    for get in (get_pretrained, get_finetuned):
+        g = get(run.profile, purifier, transform, data, classifier, run.device).models["purifier"]
+        pair.append(DefendedModel(classifier, g.eval(), RandomTransform(t_cfg, run.seed)).eval())
+    return pair[0], pair[1]
+
+
+def classifier_adversarials(
+    run: Run, data: DataBundle, classifier: nn.Module, n: int, steps: int = 10
+) -> tuple[Tensor, Tensor]:
+    """The first `n` evaluation images and their PGD adversarials on the bare classifier."""
+    x = data.eval.images[:n].float().div(255).to(run.device)
+    y = data.eval.labels[:n].to(run.device)
+    adv = run_attack(classifier, AttackConfig(name="pgd", steps=steps, seed=run.seed + 1), x, y)
+    return x.cpu(), adv.cpu()
+
+
+def adversarial_examples(
+    run: Run, data: DataBundle, defense: DefendedModel, n: int
+) -> tuple[dict, dict]:
+    """FGSM images of the bare classifier, purified by one draw of the defense (clean too)."""
+    x = data.eval.images[:n].float().div(255).to(run.device)
+    y = data.eval.labels[:n].to(run.device)
+    cfg = AttackConfig(name="fgsm", seed=run.seed + 1)
+    adv = run_attack(defense.classifier, cfg, x, y)
+    images, preds = purify_examples(defense, x, adv, seed=run.seed)
+    return {k: v.cpu() for k, v in images.items()}, {k: v.cpu() for k, v in preds.items()}
+
+
+ABLATION_TABLES = {"cifar10": "table7_cifar10_ablation", "imagenette": "table8_imagenette_ablation"}
+
+
+def ablation_table(run: Run, records: list[dict]) -> list[pd.DataFrame] | str:
+    """The paper's ablation table for this dataset (Table 7 or 8), or why there is none."""
+    if run.dataset not in ABLATION_TABLES:
+        return f"the paper has no ablation table for {run.dataset}"
+    return paper_table(run, ABLATION_TABLES[run.dataset], records)
+
+
+def baseline_classifiers(run: Run, data: DataBundle) -> dict[str, nn.Module]:
+    """Each adversarially trained baseline of the profile, by its recipe (e.g. `fgsm-rs`)."""
+    return {
+        f"AT ({adv})": get_classifier(run.profile, data, run.device, adv=adv)
+        for adv in run.profile.baselines
+    }

@@ -1,0 +1,65 @@
+"""Notebook parameters are checked first; suites scale the paper's budgets to the profile."""
+
+import pytest
+
+from atop_core import experiments as ex
+from atop_core.config import get_profile
+from atop_core.results import summarize_outcomes
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dataset": "mnist"}, "unknown dataset 'mnist'; known: cifar10, cifar100, imagenette"),
+        ({"profile": "huge"}, "unknown profile 'huge'"),
+        ({"transform": "rt9"}, "unknown transform 'rt9'; known: rt1, rt2, rt3"),
+        ({"purifier": "vae"}, "unknown purifier 'vae'; known: gan, ae"),
+    ],
+)
+def test_bad_notebook_parameters_are_refused_naming_the_choices(kwargs, message):
+    args = {"profile": "smoke", "dataset": "cifar10", "device": "cpu", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ex.setup(**args)
+
+
+def test_reduced_profiles_cap_the_papers_budgets_and_name_what_ran():
+    quick = {cfg.tag() for cfg in ex.ablation_suite(get_profile("quick"), "whole-model")}
+    assert {"pgd-eot-10-eot4", "pgd-eot-20-eot4", "cw-l2-20", "autoattack-rand-20-eot4"} <= quick
+    paper = {cfg.tag() for cfg in ex.ablation_suite(get_profile("paper"), "classifier-only")}
+    assert {"pgd-10", "pgd-1000", "cw-l2-100", "autoattack", "fgsm", "clean"} <= paper
+
+
+def test_the_whole_model_protocol_attacks_with_eot_and_the_classifier_only_without():
+    quick = get_profile("quick")
+    whole = {c.name: c.eot for c in ex.ablation_suite(quick, "whole-model")}
+    assert whole["pgd-eot"] == quick.evaluation.eot and whole["autoattack-rand"] == 4
+    assert all(c.eot in (1, None) for c in ex.ablation_suite(quick, "classifier-only"))
+
+
+def test_budget_sweeps_vary_one_budget_at_a_time():
+    quick = get_profile("quick")
+    steps = ex.steps_sweep(quick)
+    assert [c.steps for c in steps] == [2, 5, 10] and {c.eot for c in steps} == {4}
+    eots = ex.eot_sweep(quick)
+    assert [c.eot for c in eots] == [1, 2, 4] and {c.steps for c in eots} == {10}
+
+
+def _record(name, first, attack="pgd"):
+    per_sample = {"index": list(range(len(first))), "first_draw": first}
+    per_sample["correct_draws"] = [3 * f for f in first]
+    return {
+        "defense": {"name": name},
+        "attack": {"name": attack, "steps": 10, "eot": 1},
+        "protocol": "whole-model",
+        "draws": 3,
+        "per_sample": per_sample,
+        "unreliable": False,
+        **summarize_outcomes(per_sample, 3),
+    }
+
+
+def test_summary_and_worst_case_tables_read_the_records():
+    records = [_record("d", [1, 1, 0, 0]), _record("d", [1, 0, 1, 0], "square")]
+    assert list(ex.summary(records)["single %"]) == [50.0, 50.0]
+    worst = ex.worst_case_by_defense(records)
+    assert worst.loc[0, "single %"] == 25.0 and worst.loc[0, "attacks"] == 2

@@ -1,0 +1,88 @@
+"""The notebooks as a product: parameters, completeness against the paper, and run_all.sh."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from atop_core.tables import load_reference
+from tests.conftest import write_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _parameters(path: Path) -> str:
+    book = nbformat.read(path, as_version=4)
+    tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged `parameters`"
+    return tagged[0].source
+
+
+def test_every_paper_table_and_figure_maps_to_a_notebook_ci_executes():
+    reference = load_reference()
+    run_tests = (ROOT / "run_tests.sh").read_text()
+    assert "--nbval-lax notebooks" in run_tests  # CI (.ci/run -> run_tests.sh) executes them all
+    entries = {**reference["tables"], **reference["figures"]}
+    assert entries
+    for entry_id, entry in entries.items():
+        assert (ROOT / entry["notebook"]).is_file(), f"{entry_id}: {entry['notebook']} is missing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_parameters_are_scalars_defaulting_to_smoke(path):
+    namespace: dict = {}
+    exec(_parameters(path), namespace)  # noqa: S102 - our own notebooks' parameter cells
+    values = {k: v for k, v in namespace.items() if not k.startswith("__")}
+    assert values["profile"] == "smoke" and values["dataset"] == "cifar10"
+    assert all(isinstance(v, int | float | str | bool) for v in values.values())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_cell_after_the_parameters_checks_them(path):
+    book = nbformat.read(path, as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert "ex.setup(profile, dataset" in code[1].source
+
+
+def _notebook(path: Path, source: str) -> None:
+    book = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "smoke"\ndataset = "cifar10"\ndevice = "cpu"')
+    params.metadata["tags"] = ["parameters"]
+    book.cells = [params, nbformat.v4.new_code_cell(source)]
+    book.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(book, path)
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_stops_run_all_naming_it(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "10_fine.ipynb", "print('fine')")
+    _notebook(folder / "20_broken.ipynb", "raise ValueError('deliberately broken')")
+    write_tree(tmp_path / "data", "cifar10", per_class=1)  # a tiny local copy, fast to decode
+    env = {
+        **os.environ,
+        "ATOP_HOME": str(tmp_path / "home"),
+        "ATOP_DATA_DIR": str(tmp_path / "data"),
+    }
+    args = ["bash", "run_all.sh", "--profile", "smoke", "--datasets", "cifar10", "--from"]
+    args += ["notebooks", "--notebooks", str(folder), "--device", "cpu"]
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "FAILED: notebook" in done.stderr and "20_broken.ipynb" in done.stderr
+    assert "deliberately broken" in done.stderr
+    log = tmp_path / "home" / "outputs" / "smoke" / "cifar10" / "20_broken.log"
+    assert str(log) in done.stderr and log.exists()
+    executed = tmp_path / "home" / "outputs" / "smoke" / "cifar10" / "10_fine.ipynb"
+    cells = json.loads(executed.read_text())["cells"]
+    printed = [c["outputs"][0]["text"] for c in cells if "print" in "".join(c["source"])]
+    assert printed == [["fine\n"]]
