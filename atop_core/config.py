@@ -250,7 +250,7 @@ class EvalConfig:
     sanity_n: int = 128  # images the gradient-masking sanity checks rerun attacks on
     square_queries: int = 1000  # Square's budget in the white-box-vs-black-box sanity check
     step_cap: int = 0  # reduced profiles cap attack steps (PGD-1000 runs as PGD-cap); 0: none
-    n_table: int = 0  # images per paper-table cell (a prefix of the fixed list); 0: all n_eval
+    n_table: int = 0  # images per paper-table cell (their own fixed, seeded list); 0: n_eval
 
     def __post_init__(self) -> None:
         _require(
@@ -330,7 +330,7 @@ QUICK = Profile(
         sanity_n=16,
         square_queries=100,
         step_cap=20,  # PGD-1000 and CW-100 run as 20 steps here; tables say what ran
-        n_table=64,  # the first 64 of the 512 fixed images per table cell
+        n_table=64,  # per table cell: 64 fixed test images
     ),
 )
 PAPER = Profile(

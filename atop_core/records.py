@@ -132,13 +132,15 @@ def evaluate_defense(
     )
     checks = {}
     if sanity and ev.sanity_n and batches.start == 0:
-        m = min(ev.sanity_n, hi)
-        white_box = sum(record["per_sample"]["first_draw"][:m]) / m
+        # spread over the (sorted) index list: test splits stored by class would bias a prefix
+        picked = list(range(0, hi, max(1, hi // ev.sanity_n)))[: ev.sanity_n]
+        first_draw = record["per_sample"]["first_draw"]
+        white_box = sum(first_draw[p] for p in picked) / len(picked)
         checks = sanity_checks(
             target,
             attack,
-            sub.images[:m],
-            sub.labels[:m],
+            sub.images[picked],
+            sub.labels[picked],
             protocol,
             white_box,
             device,
