@@ -92,10 +92,10 @@ run_group() {  # run_group "NAME DATASET [k v ...]" ...: up to --jobs at a time,
   [ "$failed" = 0 ] || { echo "run_all: stopped at the first failing notebook (above)" >&2; exit 1; }
 }
 
-# The attack-suite notebook runs every attack in the registry on three defenses: at quick, 32
-# images keep the whole run near an hour on 2 CPU cores (0: the profile's table size).
+# The attack-suite notebook runs every attack in the registry on three defenses: at quick, 16
+# images keep it near half an hour on 2 CPU cores (0: the profile's table size).
 suite_n=0
-[ "$profile" = quick ] && suite_n=32
+[ "$profile" = quick ] && suite_n=16
 if stage_reached notebooks; then
   shopt -s nullglob
   custom=("$notebooks"/*.ipynb)
@@ -110,10 +110,10 @@ if stage_reached notebooks; then
                 "20_pretrain_purifier.ipynb $dataset purifier ae"
       run_group "30_atop_finetune.ipynb $dataset purifier gan" \
                 "30_atop_finetune.ipynb $dataset purifier ae"
-      run_group "40_evaluate_attacks.ipynb $dataset purifier ae n $suite_n" \
-                "50_rt_ablation.ipynb $dataset purifier gan" \
+      run_group "50_rt_ablation.ipynb $dataset purifier gan" \
                 "60_missing_rate_mix_number.ipynb $dataset" \
-                "70_generalization.ipynb $dataset purifier ae"
+                "70_generalization.ipynb $dataset purifier ae" \
+                "40_evaluate_attacks.ipynb $dataset purifier ae n $suite_n"
     done
   fi
 fi

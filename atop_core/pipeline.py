@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from atop_core.config import ClassifierConfig, Profile, TransformConfig, config_hash, settings
 from atop_core.data import ImageTensorDataset, eval_subset, load_dataset
 from atop_core.defense import DefendedModel, freeze, save_defense
-from atop_core.io import write_json
+from atop_core.io import read_json, sha256_file, write_json
 from atop_core.nets.classifiers import build_classifier, load_external_state_dict
 from atop_core.nets.purifiers import build_discriminator, build_purifier
 from atop_core.train import (
@@ -341,6 +341,15 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
     for kind in profile.purifiers:
         for rt in profile.transforms:
             for atop in (False, True):
+                path = defense_path(profile, dataset, kind, rt, atop)
+                made_from = [
+                    classifier_path(profile, data).stem,
+                    (finetune_path if atop else pretrain_path)(profile, kind, rt, data).stem,
+                    dataclasses.asdict(defense_transform(profile, rt)),
+                ]
+                if (done := _saved_from(path, made_from)) is not None:
+                    saved.append(done)  # its checkpoints are unchanged: skip the re-evaluation
+                    continue
                 get = get_finetuned if atop else get_pretrained
                 state = get(profile, kind, rt, data, classifier, device)
                 purifier = state.models["purifier"]
@@ -348,7 +357,7 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
                 acc = _defense_acc(classifier, purifier, t_cfg, data, device, 0)
                 saved.append(
                     save_defense(
-                        defense_path(profile, dataset, kind, rt, atop),
+                        path,
                         classifier,
                         purifier,
                         classifier_cfg=profile.classifier,
@@ -356,14 +365,17 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
                         atop=atop,
                         purifier_cfg=dataclasses.replace(profile.purifier, kind=kind),
                         **common,
-                        extra=_extra(
-                            profile,
-                            cls_acc,
-                            acc,
-                            data,
-                            profile.finetune if atop else None,
-                            state.log,
-                        ),
+                        extra={
+                            **_extra(
+                                profile,
+                                cls_acc,
+                                acc,
+                                data,
+                                profile.finetune if atop else None,
+                                state.log,
+                            ),
+                            "made_from": made_from,
+                        },
                     )
                 )
     write_json(
@@ -371,6 +383,17 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
         [{k: v for k, v in s.items() if k != "training_log"} for s in saved],
     )
     return saved
+
+
+def _saved_from(path: Path, made_from: list) -> dict | None:
+    """The sidecar of a defense file saved from exactly these checkpoints, if it is intact."""
+    sidecar = path.with_suffix(".json")
+    if not (path.exists() and sidecar.exists()):
+        return None
+    meta = read_json(sidecar)
+    if meta.get("made_from") != made_from or meta.get("sha256") != sha256_file(path):
+        return None
+    return meta
 
 
 def _extra(profile: Profile, cls_acc: float, acc: float, data: DataBundle, finetune, log) -> dict:

@@ -63,8 +63,12 @@ def test_chain_saves_every_defense_and_a_rerun_trains_nothing(tiny_profile, monk
     assert model.transform.cfg.kind == "rt3" and model.meta["atop"] is True
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     _refuse_training(monkeypatch)
+    evaluated = []
+    real_acc = pipeline._defense_acc
+    monkeypatch.setattr(pipeline, "_defense_acc", lambda *a: evaluated.append(1) or real_acc(*a))
     again = pipeline.train_chain(tiny_profile, "cifar10", torch.device("cpu"))
     assert [s["sha256"] for s in again] == [s["sha256"] for s in saved]
+    assert evaluated == []  # unchanged checkpoints: the saved defenses are reused as they are
 
 
 def test_changed_config_gets_a_new_checkpoint_name(tiny_profile):

@@ -1,0 +1,216 @@
+"""The work the benchmarks time: defended models at the quick and paper architectures, and
+full-gradient PGD-EOT run our way or the authors' way.
+
+Ours is `atop_core`'s attack as it is (`run_attack(..., AttackConfig("pgd-eot"))`: EOT draws in
+one batched pass, per-sample masks, native 32 px), on a model in channels_last. The authors'
+structure is written here only, as the reference every speed-up is measured against: batches of
+8, one mask and noise per batch (per_sample=False), EOT as a Python loop of one forward and
+backward per draw (as torchattacks' EOTPGD does), and the purifier run at 256x256 (work_size=256;
+ATOP_PAPER §1.2). Weights are random: speed does not depend on them.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from atop_core.attacks import AttackConfig, eot_loss, run_attack
+from atop_core.config import EPS_LINF, TransformConfig, get_profile
+from atop_core.defense import DefendedModel
+from atop_core.nets.classifiers import build_classifier
+from atop_core.nets.purifiers import build_purifier
+from atop_core.transforms import RandomTransform
+
+IMAGE_SIZE = 32  # CIFAR-10, the dataset every profile runs
+NUM_CLASSES = 10
+AUTHORS_BATCH = 8  # the batch of the authors' *-adv notebooks (ATOP_PAPER §3)
+AUTHORS_SIZE = 256  # their working resolution: CIFAR up-sampled 32 -> 256
+ALPHA = 2 / 255  # PGD step, AttackConfig's default
+GradFn = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Settings of one `python -m bench` run; the defaults keep the whole run near 10 minutes on
+    2 CPU cores. Rates are per image at (steps, eot), so smaller runs give the same units."""
+
+    device: str = "cpu"
+    archs: tuple[str, ...] = ("quick", "paper")
+    purifiers: tuple[str, ...] = ("gan", "ae")
+    steps: int = 2
+    eot: int = 4
+    batch: int = 64  # images per attack batch, ours (the quick profile's eval batch_size)
+    images: dict = dataclasses.field(default_factory=lambda: {"quick": 64, "paper": 16})
+    images_256: int = AUTHORS_BATCH  # the 256-px baseline is slow on a CPU: one batch of 8
+    steps_256: int = 1  # its cost is linear in steps and draws (looped): rates are rescaled
+    eot_256: int = 1  # to `steps` and `eot`, so each timed call can be one pass per batch
+    eot_ablation: int = 8
+    repeats: int = 3
+    budget_s: float = 20.0  # stop repeating a measurement after this long (at least one repeat)
+    compile: bool = False  # also time torch.compile'd networks
+    amp: bool = False  # bf16 autocast (meant for GPUs; AVX2 CPUs have no fast bf16)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.eot, self.batch, self.images_256, self.repeats) < 1:
+            raise ValueError("steps, eot, batch, images_256 and repeats must be >= 1")
+        for name in self.archs:
+            get_profile(name)  # refuses unknown profile names, listing the known ones
+
+    def n_images(self, arch: str) -> int:
+        return self.images.get(arch, self.batch)
+
+
+@dataclass(frozen=True)
+class Style:
+    """How PGD-EOT is run: the batch, where EOT draws go, resolution, masks, memory layout."""
+
+    name: str
+    batch: int
+    eot_batched: bool  # all draws in one pass (ours) or a Python loop over draws (theirs)
+    work_size: int  # 0: native 32 px; 256: the purifier runs up-sampled
+    per_sample: bool  # a mask and noise per image (ours) or one per batch (theirs)
+    channels_last: bool
+    compiled: bool = False
+    chunk: int = 0  # batched only: image-draws per pass (0: one pass, the library's attack)
+
+
+def ours(batch: int, *, channels_last: bool = True, compiled: bool = False) -> Style:
+    return Style("ours", batch, True, 0, True, channels_last, compiled)
+
+
+def theirs(work_size: int = AUTHORS_SIZE) -> Style:
+    name = "theirs-256" if work_size else "theirs-native"
+    return Style(name, AUTHORS_BATCH, False, work_size, False, False)
+
+
+def variant(name: str, batch: int, *, looped: bool, channels_last: bool, **kw) -> Style:
+    """An ablation step between theirs and ours: per-sample masks, native size."""
+    return Style(name, batch, not looped, 0, True, channels_last, **kw)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The networks of a profile, as `atop_core.config` defines them for 32-px images."""
+
+    name: str
+    classifier: str
+    classifier_width: float
+    purifier_width: int
+
+
+def arch(name: str) -> Arch:
+    p = get_profile(name)
+    return Arch(name, p.classifier.arch_for(IMAGE_SIZE), p.classifier.width, p.purifier.width)
+
+
+def build_defense(
+    a: Arch, kind: str, style: Style, device: torch.device, seed: int = 0
+) -> DefendedModel:
+    """A defended model with random weights (seeded, without touching the global stream)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        width = {"width": a.classifier_width} if a.classifier_width else {}
+        classifier = build_classifier(a.classifier, NUM_CLASSES, IMAGE_SIZE, **width)
+        purifier = build_purifier(
+            kind, width=a.purifier_width, image_size=IMAGE_SIZE, work_size=style.work_size
+        )
+    transform = RandomTransform(TransformConfig(kind="rt2", per_sample=style.per_sample), seed)
+    model = DefendedModel(classifier, purifier, transform).to(device).eval()
+    for p in model.parameters():  # attacks differentiate the input only (as run_attack does)
+        p.requires_grad_(False)
+    if style.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if style.compiled:
+        model.classifier, model.purifier = compile_nets(model.classifier, model.purifier)
+    return model
+
+
+def compile_nets(*nets: nn.Module) -> tuple[nn.Module, ...]:
+    """torch.compile the networks only: the transform stays eager, because Inductor replaces
+    random ops by its own generator and the transform's draws would change."""
+    return tuple(torch.compile(net) for net in nets)
+
+
+def synthetic_images(n: int, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """n uniform [0,1] 32-px images and labels: timing does not depend on content."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, 3, IMAGE_SIZE, IMAGE_SIZE), generator=g)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    return x.to(device), y.to(device)
+
+
+# --- EOT gradients: batched (atop_core), looped (the authors'), chunked (bounded memory) ---------
+
+
+def batched_eot_grad(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
+    """The gradient of atop_core's EOT loss at x: all draws in one pass."""
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(eot_loss(model, x, y, draws), x)[0]
+
+
+def looped_eot_grad(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
+    """The same gradient the authors' way: one forward and backward per draw, averaged."""
+    total = torch.zeros_like(x)
+    for _ in range(draws):
+        total += batched_eot_grad(model, x, y, 1)
+    return total / draws
+
+
+def chunked_eot_grad(model: nn.Module, x: Tensor, y: Tensor, draws: int, chunk: int) -> Tensor:
+    """The same gradient in passes of about `chunk` image-draws each (at least one draw of the
+    batch per pass): memory bounded by the chunk, not by batch x draws."""
+    per_pass = max(1, chunk // len(x))
+    total = torch.zeros_like(x)
+    for start in range(0, draws, per_pass):
+        k = min(per_pass, draws - start)
+        total += batched_eot_grad(model, x, y, k) * k
+    return total / draws
+
+
+def pgd_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, grad_fn: GradFn) -> Tensor:
+    """atop_core's pgd-eot loop (attacks/eot.py `pgd_linf`: uniform start from cfg.seed, signed
+    steps, projection onto the eps-box within [0, 1]) with the EOT gradient computed by
+    `grad_fn`; a test checks it against the library's attack."""
+    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1
+    low, high = (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
+    adv = (x + noise * cfg.eps).clamp(low, high)
+    for _ in range(cfg.steps):
+        grad = grad_fn(model, adv, y, cfg.eot)
+        adv = (adv + cfg.alpha * grad.sign()).clamp(low, high)
+    return adv.detach()
+
+
+def style_grad(style: Style) -> GradFn | None:
+    """The EOT gradient a style computes; None: the library's attack, unchanged."""
+    if not style.eot_batched:
+        return looped_eot_grad
+    if style.chunk:
+        return functools.partial(chunked_eot_grad, chunk=style.chunk)
+    return None
+
+
+def attack_runner(
+    model: nn.Module, style: Style, x: Tensor, y: Tensor, amp: bool = False
+) -> Callable[[int, int], None]:
+    """run(steps, eot): PGD-EOT over all of x in batches of `style.batch`, by atop_core's attack
+    itself, or by the same loop with the style's EOT gradient (looped, chunked)."""
+    if style.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_fn = style_grad(style)
+
+    def run(steps: int, eot: int) -> None:
+        cfg = AttackConfig(name="pgd-eot", eps=EPS_LINF, steps=steps, alpha=ALPHA, eot=eot)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            for i in range(0, len(x), style.batch):
+                xb, yb = x[i : i + style.batch], y[i : i + style.batch]
+                if grad_fn:
+                    pgd_eot(model, xb, yb, cfg, grad_fn)
+                else:
+                    run_attack(model, cfg, xb, yb)
+
+    return run

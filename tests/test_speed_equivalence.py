@@ -1,0 +1,117 @@
+"""The speed-ups `python -m bench` measures leave results unchanged: batched, looped and chunked
+EOT give the same gradient for the same transform draws, channels_last gives the same gradient as
+the default layout, and the benchmark's PGD-EOT loop (used for the authors'-structure baseline)
+is the library's own."""
+
+import pytest
+import torch
+from torch import Tensor
+
+from atop_core.attacks import AttackConfig, run_attack
+from atop_core.config import TransformConfig
+from atop_core.defense import DefendedModel
+from atop_core.nets.classifiers import build_classifier
+from atop_core.nets.purifiers import PURIFIERS, build_purifier
+from atop_core.transforms import RandomTransform, block_mask
+from bench.workloads import (
+    batched_eot_grad,
+    chunked_eot_grad,
+    looped_eot_grad,
+    pgd_eot,
+)
+
+SIZE, BATCH, DRAWS = 16, 3, 4
+RTOL, ATOL = 1e-4, 1e-6  # float32 sums taken in a different order
+
+
+class ReplayTransform(RandomTransform):
+    """RT2 whose noise and masks were drawn in advance and are handed out row by row in call
+    order, so a batched pass and a loop of passes see exactly the same draws."""
+
+    def __init__(self, noise: Tensor, keep: Tensor) -> None:
+        super().__init__(TransformConfig(kind="rt2"))
+        self.noise, self.keep, self.used = noise, keep, 0
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        rows = slice(self.used, self.used + len(x))
+        self.used += len(x)
+        keep = self.keep[rows]
+        return (x + self.cfg.noise_std * self.noise[rows]).clamp(0, 1) * keep, keep
+
+
+def _nets(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    classifier = build_classifier("small", 10, SIZE, width=0.25)
+    return classifier, build_purifier(kind, width=4, image_size=SIZE)
+
+
+def _inputs(seed: int = 1) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((BATCH, 3, SIZE, SIZE), generator=g)
+    return x, torch.randint(0, 10, (BATCH,), generator=g)
+
+
+def _replayed(kind: str) -> DefendedModel:
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn((DRAWS * BATCH, 3, SIZE, SIZE), generator=g)
+    keep = block_mask(DRAWS * BATCH, SIZE, 8, 0.25, g)
+    classifier, purifier = _nets(kind)
+    return DefendedModel(classifier, purifier, ReplayTransform(noise, keep)).eval()
+
+
+@pytest.mark.parametrize("kind", sorted(PURIFIERS))
+def test_batched_eot_gradient_equals_looped_eot_gradient_for_the_same_draws(kind):
+    x, y = _inputs()
+    batched = batched_eot_grad(_replayed(kind), x, y, DRAWS)
+    looped = looped_eot_grad(_replayed(kind), x, y, DRAWS)
+    assert batched.abs().sum() > 0
+    torch.testing.assert_close(batched, looped, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("chunk", [BATCH, 2 * BATCH, 3 * BATCH])  # passes of 1, 2 and 3(+1) draws
+def test_chunked_eot_gradient_equals_one_pass_gradient(chunk):
+    x, y = _inputs()
+    one_pass = batched_eot_grad(_replayed("gan"), x, y, DRAWS)
+    chunked = chunked_eot_grad(_replayed("gan"), x, y, DRAWS, chunk=chunk)
+    torch.testing.assert_close(chunked, one_pass, rtol=RTOL, atol=ATOL)
+
+
+def _defense(kind: str, channels_last: bool, work_size: int = 0) -> DefendedModel:
+    torch.manual_seed(0)
+    classifier = build_classifier("small", 10, SIZE, width=0.25)
+    purifier = build_purifier(kind, width=4, image_size=SIZE, work_size=work_size)
+    model = DefendedModel(classifier, purifier, RandomTransform(TransformConfig(), seed=3)).eval()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+@pytest.mark.parametrize("kind", sorted(PURIFIERS))
+@pytest.mark.parametrize("work_size", [0, 2 * SIZE])
+def test_channels_last_gives_the_default_layouts_gradient(kind, work_size):
+    x, y = _inputs()
+    default = batched_eot_grad(_defense(kind, False, work_size), x, y, DRAWS)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    model_cl = _defense(kind, True, work_size)
+    weight = next(model_cl.purifier.parameters())
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    fast = batched_eot_grad(model_cl, x_cl, y, DRAWS)
+    torch.testing.assert_close(fast, default, rtol=RTOL, atol=ATOL)
+
+
+def test_benchmark_pgd_eot_loop_is_the_librarys_attack():
+    x, y = _inputs()
+    cfg = AttackConfig(name="pgd-eot", steps=3, eot=2, seed=5)
+    ours = run_attack(_defense("gan", False), cfg, x, y)
+    bench = pgd_eot(_defense("gan", False), x, y, cfg, batched_eot_grad)
+    torch.testing.assert_close(bench, ours, rtol=0, atol=1e-6)
+    assert (ours - x).abs().max() > 0
+
+
+def test_inference_mode_judging_matches_no_grad():
+    x, y = _inputs()
+    model = _defense("gan", True)
+    with torch.no_grad():
+        reference = model.draw_logits(x, DRAWS)
+    model.transform.seed()  # the same draws again
+    with torch.inference_mode():
+        fast = model.draw_logits(x, DRAWS)
+    torch.testing.assert_close(fast, reference)
