@@ -9,7 +9,6 @@
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -17,13 +16,13 @@ from torch import Tensor, nn
 
 from atop_core.config import TransformConfig
 from atop_core.defense import DefendedModel
+from atop_core.tables import READINGS, records_frame
 from atop_core.transforms import RandomTransform, block_mask
 
 SCALE = 100.0  # the authors' plot: Z = 100 × mean |Δ| on the [0,1] pixel scale
 NOISE_STREAM = 1_000_003  # the noise generator's seed is seed + this, apart from the masks'
 MIX_COLUMNS = ("missing_rate", "mix_number", "masked_perturbation", "noise_residual")
 MIX_COLUMNS += ("noise_std", "grid", "n")
-READINGS = ("single", "vote", "worst")
 
 
 def _mix(images: Tensor, keep: Tensor) -> Tensor:
@@ -135,48 +134,23 @@ def purify_examples(
     return images, predictions
 
 
-def _defense_name(defense: dict) -> str:
-    return defense.get("name") or Path(defense.get("file", "unknown")).stem
-
-
-def _budget(attack: dict) -> dict:
-    """The attack's name and budget; "clean" is no attack: ε = 0, no steps, no EOT samples (its
-    record still carries the config's defaults, which would put it at ε = 8/255)."""
-    clean = attack["name"] == "clean"
-    eps = 0.0 if clean else attack.get("eps")
-    return {
-        "attack": attack["name"],
-        "eps": eps,
-        "eps_255": None if eps is None else round(eps * 255, 3),
-        "steps": 0 if clean else attack.get("steps"),
-        "eot": None if clean else attack.get("eot"),
-    }
-
-
 def readings_frame(records: Iterable[dict]) -> pd.DataFrame:
-    """Evaluation records (record_schema.md) as a long table: one row per record and reading
-    (single, vote, worst), with the accuracy and its Wilson 95% interval as fractions, ε both on
-    the [0,1] scale and in 1/255 units (0 for clean accuracy), and the attack's steps and EOT
-    samples."""
-    rows = []
-    for r in records:
-        attack = _budget(r["attack"])
-        for reading in READINGS:
-            lo, hi = r["interval"][reading]
-            rows.append(
-                {
-                    "defense": _defense_name(r["defense"]),
-                    "dataset": r["dataset"],
-                    "profile": r["profile"],
-                    "protocol": r["protocol"],
-                    **attack,
-                    "draws": r.get("draws"),
-                    "n": r["n"],
-                    "reading": reading,
-                    "accuracy": r["accuracy"][reading],
-                    "lo": lo,
-                    "hi": hi,
-                    "unreliable": bool(r.get("unreliable")),
-                }
-            )
-    return pd.DataFrame(rows)
+    """Evaluation records as a long table for the budget figures: `tables.records_frame`'s rows,
+    one per record and reading (single, vote, worst) with its `accuracy`, `lo` and `hi`, and ε in
+    1/255 units. Clean accuracy sits at ε = 0 with no steps or EOT (its record still carries the
+    config's defaults, which would put it at 8/255)."""
+    wide = records_frame(list(records))
+    clean = wide["attack"] == "clean"
+    wide["eps"] = wide["eps"].where(~clean, 0.0)
+    wide["steps"] = wide["steps"].where(~clean, 0)
+    wide["eot"] = wide["eot"].where(~clean, None)
+    wide["eps_255"] = (wide["eps"].astype(float) * 255).round(3)
+    wide["unreliable"] = wide["unreliable"].fillna(False).astype(bool)
+    keep = ["defense", "dataset", "profile", "protocol", "attack", "eps", "eps_255", "steps"]
+    keep += ["eot", "draws", "n", "unreliable"]
+    rows = [
+        wide[keep].assign(reading=k, accuracy=wide[k], lo=wide[f"{k}_lo"], hi=wide[f"{k}_hi"])
+        for k in READINGS
+    ]
+    long = pd.concat(rows)  # keeps each record's row label: sort back to record by record
+    return long.sort_index(kind="stable").reset_index(drop=True)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from atop_core.attacks import AttackConfig, run_attack
 from atop_core.defense import DefendedModel
-from atop_core.results import summarize_outcomes
+from atop_core.results import append_outcomes, summarize_outcomes
 
 PROTOCOLS = ("whole-model", "classifier-only")
 SEED_STRIDE = 1_000_003  # batch b of a run seeded s draws from seed s * SEED_STRIDE + b
@@ -97,9 +97,7 @@ def evaluate(
         x = images[start : start + batch_size].to(device).float().div_(255)
         y = labels[start : start + batch_size].to(device)
         correct = attack_and_judge(defense, attack, x, y, protocol, draws, batch, defense_seed)
-        per_sample["index"] += list(range(start, start + len(y)))
-        per_sample["correct_draws"] += correct.sum(0).tolist()
-        per_sample["first_draw"] += correct[0].int().tolist()
+        append_outcomes(per_sample, correct, list(range(start, start + len(y))))
         if on_batch is not None:
             on_batch(start, correct)
         bar.set_postfix(acc=f"{sum(per_sample['first_draw']) / len(per_sample['index']):.3f}")

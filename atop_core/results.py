@@ -139,13 +139,18 @@ def resume_or_start(path: Path, header: dict) -> dict:
     return existing
 
 
-def save_progress(path: Path, record: dict, correct: torch.Tensor, indices: list[int]) -> dict:
-    """Append one batch's (draws, B) outcomes to the record and write it atomically."""
-    per_sample = record["per_sample"]
+def append_outcomes(per_sample: dict, correct: torch.Tensor, indices: list[int]) -> None:
+    """Add one batch's (draws, B) bool outcomes to a record's per-sample lists."""
     per_sample["index"] += indices
     per_sample["correct_draws"] += correct.sum(0).tolist()
     per_sample["first_draw"] += correct[0].int().tolist()
-    record = {**record, **summarize_outcomes(per_sample, record["draws"]), "complete": False}
+
+
+def save_progress(path: Path, record: dict, correct: torch.Tensor, indices: list[int]) -> dict:
+    """Append one batch's (draws, B) outcomes to the record and write it atomically."""
+    append_outcomes(record["per_sample"], correct, indices)
+    record = {**record, **summarize_outcomes(record["per_sample"], record["draws"])}
+    record["complete"] = False
     write_json(path, record)
     return record
 

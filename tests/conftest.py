@@ -52,3 +52,28 @@ def zip_tree(folder: Path, zip_path: Path) -> Path:
             if p.is_file():
                 z.write(p, p.relative_to(folder).as_posix())
     return zip_path
+
+
+def save_tiny_defense(path: Path) -> Path:
+    """A random AE-purified RT2 + AToP defense on a 0.25-width small classifier, for CIFAR-10."""
+    import torch
+
+    from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig
+    from atop_core.defense import save_defense
+    from atop_core.nets.classifiers import build_classifier
+    from atop_core.nets.purifiers import build_purifier
+
+    torch.manual_seed(0)
+    save_defense(
+        path,
+        build_classifier("small", 10, 32, width=0.25),
+        build_purifier("ae", width=4, image_size=32),
+        dataset="cifar10",
+        num_classes=10,
+        image_size=32,
+        classifier_cfg=ClassifierConfig(width=0.25),
+        purifier_cfg=PurifierConfig(kind="ae", width=4),
+        transform_cfg=TransformConfig(),
+        atop=True,
+    )
+    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from atop_core.__main__ import main
 from atop_core.data import DATASETS
-from tests.conftest import write_tree
+from tests.conftest import save_tiny_defense, write_tree
 
 
 def _offline(root, split, download):
@@ -39,29 +39,9 @@ def test_prepare_data_reports_an_unavailable_dataset_as_not_run(tmp_path, monkey
 
 
 def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsys):
-    import torch
-
-    from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig
-    from atop_core.defense import save_defense
-    from atop_core.nets.classifiers import build_classifier
-    from atop_core.nets.purifiers import build_purifier
-
     write_tree(tmp_path, "cifar10", per_class=1)
     monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path))
-    torch.manual_seed(0)
-    path = tmp_path / "defense-ae-rt2-atop.pt"
-    save_defense(
-        path,
-        build_classifier("small", 10, 32, width=0.25),
-        build_purifier("ae", width=4, image_size=32),
-        dataset="cifar10",
-        num_classes=10,
-        image_size=32,
-        classifier_cfg=ClassifierConfig(width=0.25),
-        purifier_cfg=PurifierConfig(kind="ae", width=4),
-        transform_cfg=TransformConfig(),
-        atop=True,
-    )
+    path = save_tiny_defense(tmp_path / "defense-ae-rt2-atop.pt")
     args = [
         "evaluate",
         "--profile",

@@ -6,13 +6,10 @@ import pytest
 import torch
 
 from atop_core.attacks import AttackConfig
-from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig, get_profile
-from atop_core.defense import save_defense
-from atop_core.nets.classifiers import build_classifier
-from atop_core.nets.purifiers import build_purifier
+from atop_core.config import get_profile
 from atop_core.records import evaluate_defense, parse_shard, shard_batches
 from atop_core.results import RecordMismatchError, merge_all
-from tests.conftest import write_tree
+from tests.conftest import save_tiny_defense, write_tree
 
 ATTACK = AttackConfig(name="pgd-eot", steps=1, eot=2, seed=1)
 VOLATILE = ("wall_s", "env", "indices", "shards", "sanity", "unreliable")
@@ -22,21 +19,7 @@ VOLATILE = ("wall_s", "env", "indices", "shards", "sanity", "unreliable")
 def defense_path(tmp_path, monkeypatch):
     write_tree(tmp_path, "cifar10", per_class=1)  # 10 test images
     monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path))
-    torch.manual_seed(0)
-    path = tmp_path / "defense-ae-rt2-atop.pt"
-    save_defense(
-        path,
-        build_classifier("small", 10, 32, width=0.25),
-        build_purifier("ae", width=4, image_size=32),
-        dataset="cifar10",
-        num_classes=10,
-        image_size=32,
-        classifier_cfg=ClassifierConfig(width=0.25),
-        purifier_cfg=PurifierConfig(kind="ae", width=4),
-        transform_cfg=TransformConfig(),
-        atop=True,
-    )
-    return path
+    return save_tiny_defense(tmp_path / "defense-ae-rt2-atop.pt")
 
 
 def _run(path, **kw):
