@@ -180,11 +180,14 @@ def scale_statement(profile: str) -> str:
     if profile not in PROFILES:
         return f"Profile {profile!r} is not a known profile: its scale is not described."
     p, e = PROFILES[profile], PROFILES[profile].evaluation
+    cap = f" every attack capped at {e.step_cap} steps (a PGD-1000 column ran PGD-{e.step_cap});"
+    table_n = f" {e.n_table} images per attacked table cell;" if e.n_table else ""
     return (
-        f"{SCALE_LEADS.get(profile, '')} Scale: {p.data.n_eval} test images per dataset; "
-        f"classifier {p.classifier.arch} ({p.classifier.arch_large} for ImageNette); purifier "
-        f"width {p.purifier.width}; attacks with a profile budget of {e.steps} steps and EOT "
-        f"{e.eot}; {e.draws} defense draws per adversarial example; datasets: "
+        f"{SCALE_LEADS.get(profile, '')} Scale: {p.data.n_eval} test images per dataset "
+        f"(clean accuracy);{table_n} classifier {p.classifier.arch} ({p.classifier.arch_large} "
+        f"for ImageNette); purifier width {p.purifier.width}; attacks with a profile budget of "
+        f"{e.steps} steps and EOT {e.eot};{cap if e.step_cap else ''} {e.draws} defense draws "
+        f"per adversarial example; sanity checks on {e.sanity_n} images; datasets: "
         f"{', '.join(p.datasets)}."
     ).strip()
 
@@ -311,7 +314,10 @@ def write_report(
     records_path = Path(results_dir) / profile
     frame = load_records_frame(records_path)
     built = write_tables(frame, reference, tables_dir, profile=profile)
-    blocks = header_blocks(profile, frame, records_path)
+    shown = Path(records_path)  # relative to the report when it can be: no machine paths
+    if shown.is_absolute() and shown.resolve().is_relative_to(Path(out).resolve().parent):
+        shown = shown.resolve().relative_to(Path(out).resolve().parent)
+    blocks = header_blocks(profile, frame, shown)
     blocks.append(("list", [f"{k}: {v}" for k, v in reference["source_tags"].items()]))
     blocks.append(("h", (2, "Tables")))
     for table_id, long in built.items():
