@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import atop_core.io as atop_io
 from atop_core import data as data_module
 from atop_core.data import (
     DATASETS,
@@ -162,16 +163,15 @@ def test_changed_source_is_decoded_anew(tmp_path, monkeypatch):
 
 def test_cache_interrupted_mid_write_is_never_used(tmp_path, monkeypatch):
     write_tree(tmp_path, "cifar10", per_class=1)
-    real_save = torch.save
+    real_replace = atop_io.os.replace
 
-    def crash_halfway(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"half a file")
+    def killed_before_rename(src, dst):  # the temp file is written; the process dies here
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", crash_halfway)
+    monkeypatch.setattr(atop_io.os, "replace", killed_before_rename)
     with pytest.raises(KeyboardInterrupt):
         load_dataset("cifar10", "test", root=tmp_path)
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(atop_io.os, "replace", real_replace)
     decoded = Path(os.environ["ATOP_CACHE_DIR"]) / "decoded"
     assert not list(decoded.glob("*.pt"))  # only the temp file, never the final name
     assert len(load_dataset("cifar10", "test", root=tmp_path)) == 10
