@@ -24,7 +24,8 @@ def test_bad_notebook_parameters_are_refused_naming_the_choices(kwargs, message)
 
 def test_reduced_profiles_cap_the_papers_budgets_and_name_what_ran():
     quick = {cfg.tag() for cfg in ex.ablation_suite(get_profile("quick"), "whole-model")}
-    assert {"pgd-eot-10-eot4", "pgd-eot-20-eot4", "cw-l2-20", "autoattack-rand-20-eot4"} <= quick
+    assert {"pgd-eot-10-eot4", "pgd-eot-20-eot4", "cw-l2-20"} <= quick
+    assert not any(tag.startswith("autoattack") for tag in quick)  # hours on 2 CPU cores
     paper = {cfg.tag() for cfg in ex.ablation_suite(get_profile("paper"), "classifier-only")}
     assert {"pgd-10", "pgd-1000", "cw-l2-100", "autoattack", "fgsm", "clean"} <= paper
 
@@ -32,8 +33,11 @@ def test_reduced_profiles_cap_the_papers_budgets_and_name_what_ran():
 def test_the_whole_model_protocol_attacks_with_eot_and_the_classifier_only_without():
     quick = get_profile("quick")
     whole = {c.name: c.eot for c in ex.ablation_suite(quick, "whole-model")}
-    assert whole["pgd-eot"] == quick.evaluation.eot and whole["autoattack-rand"] == 4
+    assert whole["pgd-eot"] == quick.evaluation.eot
     assert all(c.eot in (1, None) for c in ex.ablation_suite(quick, "classifier-only"))
+    paper = get_profile("paper")
+    paper_whole = {c.name: c.eot for c in ex.ablation_suite(paper, "whole-model")}
+    assert paper_whole["autoattack-rand"] == paper.evaluation.eot
 
 
 def test_budget_sweeps_vary_one_budget_at_a_time():
