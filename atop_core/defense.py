@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig
+from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig, resolve_device
 from atop_core.io import read_json, save_torch, sha256_file, write_json
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import build_purifier
@@ -129,7 +129,8 @@ def load_defense(
     seed: int = 0,
     transform: TransformConfig | None = None,
 ) -> DefendedModel:
-    """A `DefendedModel` in eval mode from `save_defense`'s file; `transform` swaps the transform
+    """A `DefendedModel` in eval mode, on `device` (None: CUDA when present, else the CPU), from
+    `save_defense`'s file; `transform` swaps the transform
     (for example RT3 at test time on a purifier trained with RT2). The file's SHA-256 is checked
     against its sidecar when one exists."""
     path = Path(path)
@@ -162,7 +163,7 @@ def load_defense(
     t_cfg = transform or TransformConfig(**meta["transform"])
     model = DefendedModel(classifier, purifier, RandomTransform(t_cfg, seed=seed), eot, mode)
     model.meta = meta
-    return model.to(device or "cpu").eval()
+    return model.to(resolve_device(device or "auto")).eval()
 
 
 def _width(width: int) -> dict:

@@ -69,6 +69,9 @@ def evaluate_defense(
     ev = profile.evaluation
     draws = draws or ev.draws
     defense = load_defense(path, device, seed=seed)
+    # channels_last: 3x3 convolutions run faster in it on CPUs (and GPUs with bf16); `python -m
+    # bench` measures it and tests/test_speed_equivalence.py checks the gradients are the same.
+    defense = defense.to(memory_format=torch.channels_last)
     meta = defense.meta
     test = load_dataset(meta["dataset"], "test")
     sub, idx = eval_subset(meta["dataset"], test, n or profile.data.n_eval, profile.data.eval_seed)

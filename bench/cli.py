@@ -37,7 +37,7 @@ COLUMNS = {
     "baseline/effects": ["arch", "purifier", "resolution", "engineering", "total"],
     "finetune": ["arch", "purifier", "layout", "batch", "images_per_s", "gflop_per_s"]
     + ["fraction_of_conv_peak"],
-    "memory": ["kind", "arch", "purifier", "style", "images", "eot", "chunk", "peak_rss_gib"],
+    "memory": ["kind", "arch", "purifier", "style", "images", "eot", "pass_size", "peak_rss_gib"],
 }
 QUICK = {"archs": ("quick",), "repeats": 2, "budget_s": 5.0, "steps": 1}
 

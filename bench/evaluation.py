@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from atop_core.attacks import EOT_PASS
 from bench.harness import Timed, count_flops, load_average, time_interleaved
 from bench.workloads import (
     AUTHORS_BATCH,
@@ -21,7 +22,6 @@ from bench.workloads import (
     variant,
 )
 
-CHUNK = 256  # image-draws per pass for chunked EOT: the fastest pass size here, and bounded
 JUDGE_DRAWS = 5  # the quick profile's EvalConfig.draws
 GFLOP = 1e9
 
@@ -36,6 +36,12 @@ class Work:
     eot: int
 
 
+def eot_pass_name(s: Style) -> str:
+    if not s.eot_batched:
+        return "looped"
+    return "one" if s.pass_size is None else f"passes of {s.pass_size}"
+
+
 def describe(a: str, kind: str, w: Work) -> dict:
     s = w.style
     return {
@@ -43,7 +49,7 @@ def describe(a: str, kind: str, w: Work) -> dict:
         "purifier": kind,
         "style": s.name,
         "layout": "channels_last" if s.channels_last else "nchw",
-        "eot_pass": "looped" if not s.eot_batched else f"chunks of {s.chunk}" if s.chunk else "one",
+        "eot_pass": eot_pass_name(s),
         "masks": "per-sample" if s.per_sample else "per-batch",
         "work_size": s.work_size or 32,
         "batch": min(s.batch, w.images),
@@ -126,13 +132,15 @@ def ablation_works(cfg: BenchConfig) -> dict[str, Work]:
             channels_last=True,
         ),
         variant(f"b{b} looped, channels_last", b, looped=True, channels_last=True),
-        variant(f"b{b} batched one pass, channels_last", b, looped=False, channels_last=True),
         variant(
-            f"b{b} batched chunks of {CHUNK}, channels_last",
+            f"b{b} batched one pass, channels_last",
             b,
             looped=False,
             channels_last=True,
-            chunk=CHUNK,
+            pass_size=None,
+        ),
+        variant(
+            f"b{b} batched passes of {EOT_PASS}, channels_last", b, looped=False, channels_last=True
         ),
     ]
     if cfg.compile:
@@ -143,6 +151,7 @@ def ablation_works(cfg: BenchConfig) -> dict[str, Work]:
                 looped=False,
                 channels_last=True,
                 compiled=True,
+                pass_size=None,
             )
         )
     return {s.name: Work(s, n, 1, k) for s in styles}
@@ -159,9 +168,9 @@ def measure_ablation(cfg: BenchConfig, device: torch.device) -> dict:
         / rate[f"{b8} batched, nchw"],
         f"batched_vs_looped_{b}": rate[f"{b} batched one pass, channels_last"]
         / rate[f"{b} looped, channels_last"],
-        f"chunked_vs_looped_{b}": rate[f"{b} batched chunks of {CHUNK}, channels_last"]
+        f"passes_vs_looped_{b}": rate[f"{b} batched passes of {EOT_PASS}, channels_last"]
         / rate[f"{b} looped, channels_last"],
-        f"chunked_vs_one_pass_{b}": rate[f"{b} batched chunks of {CHUNK}, channels_last"]
+        f"passes_vs_one_pass_{b}": rate[f"{b} batched passes of {EOT_PASS}, channels_last"]
         / rate[f"{b} batched one pass, channels_last"],
     }
     if cfg.compile:

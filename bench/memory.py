@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
+from atop_core.attacks import EOT_PASS
 from bench.workloads import AUTHORS_BATCH, BenchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_EVAL = {"batch": 64, "eot": 20}  # the paper profile's EvalConfig: batch 64 x EOT 20
-CHUNK = 256
 TIMEOUT_S = 900
 
 
@@ -36,7 +36,7 @@ def probe_specs(cfg: BenchConfig, device: torch.device) -> list[dict]:
             ]
     big = {"kind": "attack", "style": "ours", "arch": "quick", "purifier": cfg.purifiers[0]}
     big |= {"images": PAPER_EVAL["batch"], "eot": PAPER_EVAL["eot"], "device": str(device)}
-    specs += [big, {**big, "chunk": CHUNK}]
+    specs += [{**big, "pass_size": EOT_PASS}, {**big, "pass_size": None}]
     if device.type == "cpu":
         specs.append({"kind": "quick-profile"})
     return specs

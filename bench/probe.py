@@ -53,7 +53,9 @@ def attack_probe(spec: dict) -> dict:
     """One PGD-EOT step over one batch: its peak is the benchmark's (steps only repeat it)."""
     device = torch.device(spec.get("device", "cpu"))
     styles = {"ours": ours(spec["images"]), "theirs-256": theirs(AUTHORS_SIZE)}
-    style = dataclasses.replace(styles[spec["style"]], chunk=spec.get("chunk", 0))
+    style = dataclasses.replace(
+        styles[spec["style"]], pass_size=spec.get("pass_size", styles[spec["style"]].pass_size)
+    )
     model = build_defense(arch(spec["arch"]), spec["purifier"], style, device)
     x, y = synthetic_images(spec["images"], device)
     run = attack_runner(model, style, x, y)

@@ -1,8 +1,8 @@
 """The work the benchmarks time: defended models at the quick and paper architectures, and
 full-gradient PGD-EOT run our way or the authors' way.
 
-Ours is `atop_core`'s attack as it is (`run_attack(..., AttackConfig("pgd-eot"))`: EOT draws in
-one batched pass, per-sample masks, native 32 px), on a model in channels_last. The authors'
+Ours is `atop_core`'s attack as it is (attacks/eot.py `pgd_linf`: EOT draws batched in passes of
+EOT_PASS image-draws, per-sample masks, native 32 px), on a model in channels_last. The authors'
 structure is written here only, as the reference every speed-up is measured against: batches of
 8, one mask and noise per batch (per_sample=False), EOT as a Python loop of one forward and
 backward per draw (as torchattacks' EOTPGD does), and the purifier run at 256x256 (work_size=256;
@@ -10,14 +10,14 @@ ATOP_PAPER §1.2). Weights are random: speed does not depend on them.
 """
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from atop_core.attacks import AttackConfig, eot_loss, run_attack
+from atop_core.attacks import EOT_PASS, AttackConfig, eot_loss
+from atop_core.attacks.eot import pgd_linf
 from atop_core.config import EPS_LINF, TransformConfig, get_profile
 from atop_core.defense import DefendedModel
 from atop_core.nets.classifiers import build_classifier
@@ -29,7 +29,6 @@ NUM_CLASSES = 10
 AUTHORS_BATCH = 8  # the batch of the authors' *-adv notebooks (ATOP_PAPER §3)
 AUTHORS_SIZE = 256  # their working resolution: CIFAR up-sampled 32 -> 256
 ALPHA = 2 / 255  # PGD step, AttackConfig's default
-GradFn = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Style:
     per_sample: bool  # a mask and noise per image (ours) or one per batch (theirs)
     channels_last: bool
     compiled: bool = False
-    chunk: int = 0  # batched only: image-draws per pass (0: one pass, the library's attack)
+    pass_size: int | None = EOT_PASS  # batched: image-draws per pass (None: all in one pass)
 
 
 def ours(batch: int, *, channels_last: bool = True, compiled: bool = False) -> Style:
@@ -143,74 +142,29 @@ def synthetic_images(n: int, device: torch.device, seed: int = 0) -> tuple[Tenso
     return x.to(device), y.to(device)
 
 
-# --- EOT gradients: batched (atop_core), looped (the authors'), chunked (bounded memory) ---------
+# --- EOT passes: all draws in one (pass_size None), the library's (EOT_PASS image-draws),
+# the authors' loop (one draw per pass: pass_size 1) -------------------------------------------
 
 
-def batched_eot_grad(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
-    """The gradient of atop_core's EOT loss at x: all draws in one pass."""
-    x = x.detach().requires_grad_(True)
-    return torch.autograd.grad(eot_loss(model, x, y, draws), x)[0]
-
-
-def looped_eot_grad(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
-    """The same gradient the authors' way: one forward and backward per draw, averaged."""
-    total = torch.zeros_like(x)
-    for _ in range(draws):
-        total += batched_eot_grad(model, x, y, 1)
-    return total / draws
-
-
-def chunked_eot_grad(model: nn.Module, x: Tensor, y: Tensor, draws: int, chunk: int) -> Tensor:
-    """The same gradient in passes of about `chunk` image-draws each (at least one draw of the
-    batch per pass): memory bounded by the chunk, not by batch x draws."""
-    per_pass = max(1, chunk // len(x))
-    total = torch.zeros_like(x)
-    for start in range(0, draws, per_pass):
-        k = min(per_pass, draws - start)
-        total += batched_eot_grad(model, x, y, k) * k
-    return total / draws
-
-
-def pgd_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, grad_fn: GradFn) -> Tensor:
-    """atop_core's pgd-eot loop (attacks/eot.py `pgd_linf`: uniform start from cfg.seed, signed
-    steps, projection onto the eps-box within [0, 1]) with the EOT gradient computed by
-    `grad_fn`; a test checks it against the library's attack."""
-    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1
-    low, high = (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
-    adv = (x + noise * cfg.eps).clamp(low, high)
-    for _ in range(cfg.steps):
-        grad = grad_fn(model, adv, y, cfg.eot)
-        adv = (adv + cfg.alpha * grad.sign()).clamp(low, high)
-    return adv.detach()
-
-
-def style_grad(style: Style) -> GradFn | None:
-    """The EOT gradient a style computes; None: the library's attack, unchanged."""
-    if not style.eot_batched:
-        return looped_eot_grad
-    if style.chunk:
-        return functools.partial(chunked_eot_grad, chunk=style.chunk)
-    return None
+def style_pass(style: Style) -> int | None:
+    """Image-draws per EOT pass of a style, for atop_core's `pgd_linf` and `eot_grad`."""
+    return style.pass_size if style.eot_batched else 1
 
 
 def attack_runner(
     model: nn.Module, style: Style, x: Tensor, y: Tensor, amp: bool = False
 ) -> Callable[[int, int], None]:
     """run(steps, eot): PGD-EOT over all of x in batches of `style.batch`, by atop_core's attack
-    itself, or by the same loop with the style's EOT gradient (looped, chunked)."""
+    with the style's EOT passes (looped: one draw per pass)."""
     if style.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    grad_fn = style_grad(style)
+    pass_size = style_pass(style)
 
     def run(steps: int, eot: int) -> None:
         cfg = AttackConfig(name="pgd-eot", eps=EPS_LINF, steps=steps, alpha=ALPHA, eot=eot)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             for i in range(0, len(x), style.batch):
                 xb, yb = x[i : i + style.batch], y[i : i + style.batch]
-                if grad_fn:
-                    pgd_eot(model, xb, yb, cfg, grad_fn)
-                else:
-                    run_attack(model, cfg, xb, yb)
+                pgd_linf(eot_loss, model, xb, yb, cfg, pass_size)
 
     return run

@@ -1,24 +1,18 @@
-"""The speed-ups `python -m bench` measures leave results unchanged: batched, looped and chunked
-EOT give the same gradient for the same transform draws, channels_last gives the same gradient as
-the default layout, and the benchmark's PGD-EOT loop (used for the authors'-structure baseline)
-is the library's own."""
+"""The speed-ups `python -m bench` measures leave results unchanged: EOT draws in one pass, in
+passes of a few draws, or looped one at a time (the authors' structure) give the same gradient for
+the same transform draws, and channels_last gives the same gradient as the default layout."""
 
 import pytest
 import torch
 from torch import Tensor
 
-from atop_core.attacks import AttackConfig, run_attack
+from atop_core.attacks import AttackConfig, eot_grad, eot_loss, run_attack
+from atop_core.attacks.eot import pgd_linf
 from atop_core.config import TransformConfig
 from atop_core.defense import DefendedModel
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import PURIFIERS, build_purifier
 from atop_core.transforms import RandomTransform, block_mask
-from bench.workloads import (
-    batched_eot_grad,
-    chunked_eot_grad,
-    looped_eot_grad,
-    pgd_eot,
-)
 
 SIZE, BATCH, DRAWS = 16, 3, 4
 RTOL, ATOL = 1e-4, 1e-6  # float32 sums taken in a different order
@@ -62,17 +56,17 @@ def _replayed(kind: str) -> DefendedModel:
 @pytest.mark.parametrize("kind", sorted(PURIFIERS))
 def test_batched_eot_gradient_equals_looped_eot_gradient_for_the_same_draws(kind):
     x, y = _inputs()
-    batched = batched_eot_grad(_replayed(kind), x, y, DRAWS)
-    looped = looped_eot_grad(_replayed(kind), x, y, DRAWS)
+    batched = eot_grad(eot_loss, _replayed(kind), x, y, DRAWS, pass_size=None)
+    looped = eot_grad(eot_loss, _replayed(kind), x, y, DRAWS, pass_size=1)  # a draw per pass
     assert batched.abs().sum() > 0
     torch.testing.assert_close(batched, looped, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("chunk", [BATCH, 2 * BATCH, 3 * BATCH])  # passes of 1, 2 and 3(+1) draws
-def test_chunked_eot_gradient_equals_one_pass_gradient(chunk):
+@pytest.mark.parametrize("pass_size", [BATCH, 2 * BATCH, 3 * BATCH])  # 1, 2 and 3(+1) draws
+def test_eot_gradient_in_passes_equals_one_pass_gradient(pass_size):
     x, y = _inputs()
-    one_pass = batched_eot_grad(_replayed("gan"), x, y, DRAWS)
-    chunked = chunked_eot_grad(_replayed("gan"), x, y, DRAWS, chunk=chunk)
+    one_pass = eot_grad(eot_loss, _replayed("gan"), x, y, DRAWS, pass_size=None)
+    chunked = eot_grad(eot_loss, _replayed("gan"), x, y, DRAWS, pass_size=pass_size)
     torch.testing.assert_close(chunked, one_pass, rtol=RTOL, atol=ATOL)
 
 
@@ -88,22 +82,24 @@ def _defense(kind: str, channels_last: bool, work_size: int = 0) -> DefendedMode
 @pytest.mark.parametrize("work_size", [0, 2 * SIZE])
 def test_channels_last_gives_the_default_layouts_gradient(kind, work_size):
     x, y = _inputs()
-    default = batched_eot_grad(_defense(kind, False, work_size), x, y, DRAWS)
+    default = eot_grad(eot_loss, _defense(kind, False, work_size), x, y, DRAWS)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     model_cl = _defense(kind, True, work_size)
     weight = next(model_cl.purifier.parameters())
     assert weight.is_contiguous(memory_format=torch.channels_last)
-    fast = batched_eot_grad(model_cl, x_cl, y, DRAWS)
+    fast = eot_grad(eot_loss, model_cl, x_cl, y, DRAWS)
     torch.testing.assert_close(fast, default, rtol=RTOL, atol=ATOL)
 
 
-def test_benchmark_pgd_eot_loop_is_the_librarys_attack():
+def test_pgd_eot_attack_in_passes_matches_one_pass_for_the_same_draws():
     x, y = _inputs()
-    cfg = AttackConfig(name="pgd-eot", steps=3, eot=2, seed=5)
-    ours = run_attack(_defense("gan", False), cfg, x, y)
-    bench = pgd_eot(_defense("gan", False), x, y, cfg, batched_eot_grad)
-    torch.testing.assert_close(bench, ours, rtol=0, atol=1e-6)
-    assert (ours - x).abs().max() > 0
+    cfg = AttackConfig(name="pgd-eot", steps=2, eot=DRAWS // 2, seed=5)  # all the draws
+    one_pass = pgd_linf(eot_loss, _replayed("gan"), x, y, cfg, pass_size=None)
+    passes = pgd_linf(eot_loss, _replayed("gan"), x, y, cfg, pass_size=BATCH)
+    torch.testing.assert_close(passes, one_pass, rtol=0, atol=1e-6)
+    library = run_attack(_replayed("gan"), cfg, x, y)  # the registry's pgd-eot is this loop
+    torch.testing.assert_close(library, one_pass, rtol=0, atol=1e-6)
+    assert (one_pass - x).abs().max() > 0
 
 
 def test_inference_mode_judging_matches_no_grad():

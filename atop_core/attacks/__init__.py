@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from atop_core.attacks import cw, eot, library, stadv
-from atop_core.attacks.eot import bpda_loss, eot_loss
+from atop_core.attacks.eot import EOT_PASS, bpda_loss, eot_grad, eot_loss
 from atop_core.config import EPS_LINF
 from atop_core.defense import DefendedModel
 from atop_core.registry import Registry
@@ -256,4 +256,13 @@ def run_attack(model: nn.Module, cfg: AttackConfig, x: Tensor, y: Tensor) -> Ten
         return spec.run(model, x, y, cfg).detach()
 
 
-__all__ = ["ATTACKS", "AttackConfig", "AttackSpec", "bpda_loss", "eot_loss", "run_attack"]
+__all__ = [
+    "ATTACKS",
+    "EOT_PASS",
+    "AttackConfig",
+    "AttackSpec",
+    "bpda_loss",
+    "eot_grad",
+    "eot_loss",
+    "run_attack",
+]

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from atop_core.attacks import AttackConfig
 
 Loss = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
+# Image-draws per forward and backward pass: bounds memory by the pass, not by batch x draws
+# (`python -m bench`: at batch 256 and 32 draws on 2 CPU cores, 1.2x faster than one pass and
+# peak memory 4.8 -> 1.7 GiB; a GPU could take larger passes).
+EOT_PASS = 256
 
 
 def eot_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
@@ -40,16 +44,39 @@ def bpda_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     return F.cross_entropy(logits, y.repeat(draws), reduction="sum") / draws
 
 
-def pgd_linf(loss: Loss, model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
-    """L∞ PGD ascending `loss` from a uniform random start drawn from the attack's own seed."""
+def eot_grad(
+    loss: Loss, model: nn.Module, x: Tensor, y: Tensor, draws: int, pass_size: int | None = EOT_PASS
+) -> Tensor:
+    """The gradient of `loss` over `draws` draws at x, in passes of about `pass_size` image-draws
+    (at least one draw of the whole batch per pass; None: all draws in one pass). It equals the
+    one-pass gradient, the mean of the per-draw gradients; only the draws' order in the
+    transform's stream differs."""
+    per_pass = draws if pass_size is None else max(1, pass_size // len(x))
+    total = torch.zeros_like(x)
+    for start in range(0, draws, per_pass):
+        k = min(per_pass, draws - start)
+        point = x.detach().requires_grad_(True)
+        total += torch.autograd.grad(loss(model, point, y, k), point)[0] * k
+    return total / draws
+
+
+def pgd_linf(
+    loss: Loss,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: "AttackConfig",
+    pass_size: int | None = EOT_PASS,
+) -> Tensor:
+    """L∞ PGD ascending `loss` from a uniform random start drawn from the attack's own seed; the
+    EOT gradient in passes of `pass_size` image-draws (`eot_grad`)."""
     g = torch.Generator(device=x.device).manual_seed(cfg.seed)
     noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1
     low, high = (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
     adv = (x + noise * cfg.eps).clamp(low, high)
     for _ in range(cfg.steps):
-        adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(model, adv, y, cfg.eot), adv)
-        adv = (adv.detach() + cfg.alpha * grad.sign()).clamp(low, high)
+        grad = eot_grad(loss, model, adv, y, cfg.eot, pass_size)
+        adv = (adv + cfg.alpha * grad.sign()).clamp(low, high)
     return adv.detach()
 
 
