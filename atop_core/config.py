@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -75,9 +76,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def as_dict(cfg: object) -> dict:
+    """`dataclasses.asdict` less the fields a config names in `ADDED_FIELDS` while they keep their
+    defaults: fields added after artifacts were named, so old checkpoint names, defense files and
+    records stay valid."""
+    out = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.name in getattr(cfg, "ADDED_FIELDS", ()) and out[f.name] == f.default:
+            del out[f.name]
+    return out
+
+
 def config_hash(cfg: object, length: int = 12) -> str:
     """A stable short hash of a dataclass, used to name the artifacts it produces."""
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    text = json.dumps(as_dict(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
@@ -113,6 +125,9 @@ class TransformConfig:
     n_masks: int = 4  # rt3: copies, each purified; only their filled blocks are combined
     partition: bool = True  # rt3: the N masks partition the blocks (needs missing_rate = 1/N)
     per_sample: bool = True  # False: one mask and noise per batch, as the authors' code drew
+    fixed_mask: bool = False  # True: one mask drawn once from mask_seed for every image and call
+    mask_seed: int = 0  # (the rebuttal's fixed-mask ablation); the noise stays random
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("fixed_mask", "mask_seed")  # see `as_dict`
 
     def __post_init__(self) -> None:
         _require(

@@ -4,13 +4,18 @@ Stochastic and differentiable end to end, so attacks can see exactly what the de
 EOT draws are batched (the batch is repeated K times and run in one forward), never looped.
 """
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig, resolve_device
+from atop_core.config import (
+    ClassifierConfig,
+    PurifierConfig,
+    TransformConfig,
+    as_dict,
+    resolve_device,
+)
 from atop_core.io import read_json, save_torch, sha256_file, write_json
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import build_purifier
@@ -103,10 +108,10 @@ def save_defense(
         "dataset": dataset,
         "num_classes": num_classes,
         "image_size": image_size,
-        "classifier": asdict(classifier_cfg),
+        "classifier": as_dict(classifier_cfg),
         "classifier_arch": classifier_cfg.arch_for(image_size),
-        "purifier": asdict(purifier_cfg) if purifier_cfg else None,
-        "transform": asdict(transform_cfg),
+        "purifier": as_dict(purifier_cfg) if purifier_cfg else None,
+        "transform": as_dict(transform_cfg),
         "atop": atop,
         **(extra or {}),
     }
@@ -164,6 +169,26 @@ def load_defense(
     model = DefendedModel(classifier, purifier, RandomTransform(t_cfg, seed=seed), eot, mode)
     model.meta = meta
     return model.to(resolve_device(device or "auto")).eval()
+
+
+def save_transform_variant(path: str | Path, suffix: str, **transform: object) -> Path:
+    """Defense `path` with its transform's fields replaced (e.g. `fixed_mask=True`), saved beside it
+    as `<stem><suffix>.pt`; reused while the source file is unchanged."""
+    path = Path(path)
+    out = path.with_name(f"{path.stem}{suffix}{path.suffix}")
+    made_from = [sha256_file(path), transform]
+    sidecar = out.with_suffix(".json")
+    if out.exists() and sidecar.exists():
+        saved = read_json(sidecar)
+        if saved.get("variant_of") == made_from and saved.get("sha256") == sha256_file(out):
+            return out
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    t_cfg = TransformConfig(**{**blob["meta"]["transform"], **transform})  # validates the fields
+    meta = {**blob["meta"], "transform": as_dict(t_cfg), "variant_of": made_from}
+    meta.pop("made_from", None)  # the training chain's: this file is not one of its outputs
+    sha = save_torch(out, {**blob, "meta": meta})
+    write_json(sidecar, {**meta, "sha256": sha, "file": out.name})
+    return out
 
 
 def _width(width: int) -> dict:

@@ -24,7 +24,7 @@ from atop_core.config import (
     settings,
 )
 from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, load_dataset
-from atop_core.defense import DefendedModel
+from atop_core.defense import DefendedModel, save_transform_variant
 from atop_core.pipeline import (
     DataBundle,
     defense_path,
@@ -203,6 +203,16 @@ def suite_defenses(run: Run, purifier: str, transform: str) -> list[str]:
 
 def ablation_defenses(run: Run, purifier: str) -> list[str]:
     return [run.defense(purifier, rt, atop) for rt in ("rt1", "rt2", "rt3") for atop in (0, 1)]
+
+
+FIXED_MASK = "-fixed-mask"  # the defense-name suffix the reference's random-vs-fixed table selects
+
+
+def fixed_mask_defenses(run: Run, purifier: str, transform: str = "rt2") -> list[str]:
+    """The purifier without and with AToP, its mask drawn once and kept for every image (the
+    rebuttal's fixed-mask ablation); the noise stays random."""
+    pair = suite_defenses(run, purifier, transform)[:2]
+    return [str(save_transform_variant(path, FIXED_MASK, fixed_mask=True)) for path in pair]
 
 
 def generalization_defenses(run: Run, purifier: str, transform: str) -> list[str]:

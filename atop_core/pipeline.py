@@ -14,7 +14,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from atop_core.config import ClassifierConfig, Profile, TransformConfig, config_hash, settings
+from atop_core.config import (
+    ClassifierConfig,
+    Profile,
+    TransformConfig,
+    as_dict,
+    config_hash,
+    settings,
+)
 from atop_core.data import ImageTensorDataset, eval_subset, load_dataset
 from atop_core.defense import DefendedModel, freeze, save_defense
 from atop_core.io import read_json, sha256_file, write_json
@@ -85,7 +92,7 @@ def defense_transform(profile: Profile, rt: str) -> TransformConfig:
 
 def _hash(*parts: object) -> str:
     return config_hash(
-        _Parts(tuple(dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts))
+        _Parts(tuple(as_dict(p) if dataclasses.is_dataclass(p) else p for p in parts))
     )
 
 
@@ -345,7 +352,7 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
                 made_from = [
                     classifier_path(profile, data).stem,
                     (finetune_path if atop else pretrain_path)(profile, kind, rt, data).stem,
-                    dataclasses.asdict(defense_transform(profile, rt)),
+                    as_dict(defense_transform(profile, rt)),
                 ]
                 if (done := _saved_from(path, made_from)) is not None:
                     saved.append(done)  # its checkpoints are unchanged: skip the re-evaluation

@@ -103,6 +103,8 @@ class RandomTransform(nn.Module):
             x = (x + cfg.noise_std * noise).clamp(0.0, 1.0)
         if cfg.kind == "none":
             return x, torch.ones_like(x[:, :1])
+        if cfg.fixed_mask:  # the same mask every call: from its own seed, not the stream
+            draws, g = 1, torch.Generator(device=x.device).manual_seed(cfg.mask_seed)
         if cfg.kind == "rt3" and cfg.partition:
             keep = partition_masks(draws, h, cfg.grid, cfg.n_masks, g, x.device)
         else:

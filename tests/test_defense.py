@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig
-from atop_core.defense import DefendedModel, load_defense, save_defense
+from atop_core.defense import DefendedModel, load_defense, save_defense, save_transform_variant
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import build_purifier
 from atop_core.transforms import RandomTransform
@@ -84,6 +84,31 @@ def test_checkpoint_round_trip_gives_identical_outputs_under_the_same_seed(tmp_p
     assert torch.equal(model(_x()), loaded(_x()))
     assert not loaded.training and loaded.meta["atop"] is True
     assert (tmp_path / "d.json").exists() and len(meta["sha256"]) == 64
+
+
+def test_a_transform_variant_keeps_the_weights_and_is_reused_while_its_source_is_unchanged(
+    tmp_path,
+):
+    model = _defense(purifier_kind="ae", seed=7)
+    _save(model, tmp_path / "d.pt", "ae")
+    path = save_transform_variant(tmp_path / "d.pt", "-fixed-mask", fixed_mask=True)
+    assert path.name == "d-fixed-mask.pt"
+    variant, source = load_defense(path), load_defense(tmp_path / "d.pt")
+    assert variant.transform.cfg.fixed_mask and not source.transform.cfg.fixed_mask
+    for a, b in zip(variant.state_dict().values(), source.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    stamp = path.stat().st_mtime_ns
+    assert save_transform_variant(tmp_path / "d.pt", "-fixed-mask", fixed_mask=True) == path
+    assert path.stat().st_mtime_ns == stamp  # reused, not rewritten
+    _save(_defense(purifier_kind="ae", seed=8), tmp_path / "d.pt", "ae")  # the source changes
+    save_transform_variant(tmp_path / "d.pt", "-fixed-mask", fixed_mask=True)
+    rewritten, changed = load_defense(path), load_defense(tmp_path / "d.pt")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(rewritten.state_dict().values(), changed.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="missing_rate"):
+        save_transform_variant(tmp_path / "d.pt", "-bad", missing_rate=1.5)
 
 
 def test_changed_checkpoint_is_refused(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from atop_core.config import TransformConfig
+from atop_core.config import TransformConfig, as_dict, config_hash
 from atop_core.transforms import RandomTransform, block_mask, partition_masks
 
 
@@ -110,6 +110,28 @@ def test_per_batch_draws_share_one_mask_and_noise():
     t = RandomTransform(TransformConfig(per_sample=False))
     out, keep = t(_images(b=4))
     assert all(torch.equal(out[0], o) for o in out) and all(torch.equal(keep[0], k) for k in keep)
+
+
+@pytest.mark.parametrize("kind", ["rt1", "rt2", "rt3"])
+def test_a_fixed_mask_is_the_same_for_every_image_call_and_reseeding(kind):
+    t = RandomTransform(TransformConfig(kind=kind, fixed_mask=True), seed=0)
+    out, keep = t(_images(b=4))
+    t.seed(123)  # evaluations reseed per batch: the mask must not follow
+    out2, keep2 = t(_images(b=4))
+    copies = keep.view(t.copies, 4, *keep.shape[1:])
+    assert all(torch.equal(copies[:, 0], copies[:, i]) for i in range(4))
+    assert torch.equal(keep, keep2) and keep.min() == 0
+    if kind != "rt1":  # the noise stays random
+        assert not torch.equal(out, out2) and not torch.equal(out[0], out[1])
+    other = RandomTransform(TransformConfig(kind=kind, fixed_mask=True, mask_seed=1))
+    assert not torch.equal(other(_images(b=4))[1], keep)
+
+
+def test_fields_added_later_are_named_only_when_set():
+    """Checkpoint names and defense files use `as_dict`: a default fixed_mask renames nothing."""
+    assert "fixed_mask" not in as_dict(TransformConfig())
+    assert as_dict(TransformConfig(fixed_mask=True))["fixed_mask"] is True
+    assert config_hash(TransformConfig()) != config_hash(TransformConfig(fixed_mask=True))
 
 
 def test_no_transform_passes_images_through():
