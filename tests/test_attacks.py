@@ -1,6 +1,7 @@
 """The attack registry: every entry runs, stays in its budget, is seeded, and EOT/BPDA are exact."""
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -293,7 +294,10 @@ def test_defaults_resolve_to_numbers_and_unread_parameters_drop_out():
     fgsm = AttackConfig(name="fgsm", steps=20, alpha=0.1, kappa=1.0).describe()
     assert fgsm == {"name": "fgsm", "norm": "linf", "eps": 8 / 255, "eot": 1, "seed": 0}
     for name in ATTACKS:
-        assert None not in AttackConfig(name=name).describe().values()
+        described = AttackConfig(name=name).describe()
+        assert None not in described.values()
+        json.dumps(described, allow_nan=False)  # strict JSON: C&W's unbounded eps is left out
+    assert "eps" not in AttackConfig(name="cw-l2").describe()
     moved = dataclasses.replace(AttackConfig(name="pgd"), eps=0.5, alpha=None)
     assert moved.alpha == 0.125  # a new eps with alpha=None takes the new default step
 

@@ -139,6 +139,8 @@ class AttackConfig:
         """Every parameter the attack reads, resolved, plus its norm (for records)."""
         out = {"name": self.name, "norm": self.norm}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        if values["eps"] == math.inf:  # unbounded (C&W): no eps, as strict JSON has no Infinity
+            values["eps"] = None
         return out | {k: v for k, v in values.items() if v is not None}
 
     def tag(self) -> str:
