@@ -5,6 +5,7 @@
 - `rt_stages`: one draw of t, g and the combination, stage by stage (the paper's Figure 2).
 - `purify_examples`: clean, adversarial and purified images with the classifier's predictions.
 - `readings_frame`: evaluation records as one long table, one row per record and reading.
+- `attack_strength`: full-gradient PGD-EOT beside BPDA+EOT and classifier-only PGD, per defense.
 """
 
 from collections.abc import Iterable, Sequence
@@ -14,9 +15,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from atop_core.config import TransformConfig
+from atop_core.config import EPS_LINF, PROFILES, TransformConfig
 from atop_core.defense import DefendedModel
-from atop_core.tables import READINGS, records_frame
+from atop_core.tables import EPS_TOL, READINGS, records_frame
 from atop_core.transforms import RandomTransform, block_mask
 
 SCALE = 100.0  # the authors' plot: Z = 100 × mean |Δ| on the [0,1] pixel scale
@@ -154,3 +155,51 @@ def readings_frame(records: Iterable[dict]) -> pd.DataFrame:
     ]
     long = pd.concat(rows)  # keeps each record's row label: sort back to record by record
     return long.sort_index(kind="stable").reset_index(drop=True)
+
+
+ADAPTIVE = "full-gradient PGD-EOT"
+STRENGTH_COLUMNS = {  # (attack, protocol) -> column, the adaptive attack first
+    ("pgd-eot", "whole-model"): ADAPTIVE,
+    ("bpda-eot", "whole-model"): "BPDA+EOT",
+    ("pgd", "classifier-only"): "classifier-only PGD",
+}
+
+
+def attack_strength(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per purified defense and image list, single-draw accuracy (%, Wilson 95%) under
+    full-gradient PGD-EOT, BPDA+EOT and classifier-only PGD at the profile's steps, EOT and
+    ε = 8/255 (a `tables.records_frame`), and whether the full-gradient attack is the strongest:
+    `yes`, `within the intervals` (another is lower, but inside its interval), or `no`."""
+    rows = []
+    for (dataset, profile, defense, _), group in frame.groupby(
+        ["dataset", "profile", "defense", "indices"], sort=True, dropna=False
+    ):
+        cells = {}
+        for r in group.itertuples():
+            column = STRENGTH_COLUMNS.get((r.attack, r.protocol))
+            budget = PROFILES[profile].evaluation if profile in PROFILES else None
+            if column is None or not r.complete or r.purifier == "none" or budget is None:
+                continue
+            if r.steps != budget.steps or abs(float(r.eps) - EPS_LINF) > EPS_TOL:
+                continue
+            if r.protocol == "whole-model" and r.eot != budget.eot:
+                continue
+            cells[column] = r
+        if len(cells) < len(STRENGTH_COLUMNS):
+            continue
+        full = cells[ADAPTIVE]
+        others = [r for c, r in cells.items() if c != ADAPTIVE]
+        verdict = "yes"
+        if any(r.single < full.single for r in others):
+            verdict = (
+                "within the intervals" if all(full.single_lo <= r.single for r in others) else "no"
+            )
+        row = {"dataset": dataset, "defense": defense, "n": full.n, "steps": full.steps}
+        row |= {"eot": full.eot, "profile": profile}
+        row |= {
+            c: f"{100 * r.single:.1f} [{100 * r.single_lo:.1f}, {100 * r.single_hi:.1f}]"
+            for c, r in cells.items()
+        }
+        rows.append(row | {"full gradient strongest": verdict})
+    columns = ["dataset", "defense", "profile", "n", "steps", "eot", *STRENGTH_COLUMNS.values()]
+    return pd.DataFrame(rows, columns=[*columns, "full gradient strongest"])

@@ -3,7 +3,8 @@
 `write_report` reads the evaluation records of one profile and writes tables/<id>.md|csv|tex and
 REPORT.md with the same content as REPORT.html: a header that states the profile's scale plainly,
 every paper table beside ours (paper value, ours with its interval, the difference, protocol and
-profile), the figures that exist, what was not run and why, and every record used.
+profile), the attack-strength check, the figures that exist, what was not run and why, and
+every record used.
 """
 
 import html
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from atop_core.analysis import attack_strength
 from atop_core.config import PROFILES
 from atop_core.io import write_bytes_atomic
 from atop_core.tables import (
@@ -273,6 +275,27 @@ def not_run_blocks(
     ]
 
 
+def strength_blocks(frame: pd.DataFrame) -> list[Block]:
+    """The check that the headline attack is the strongest one run (`analysis.attack_strength`)."""
+    table = attack_strength(frame)
+    lead = (
+        "Single-draw accuracy (%, Wilson 95%) on the same images under full-gradient PGD-EOT "
+        "through the whole defense, BPDA+EOT (the purifier skipped in the backward pass) and PGD "
+        "on the bare classifier, then purified (the classifier-only protocol), all at the "
+        "profile's steps and EOT. A defense evaluated by a weaker attack than the first column "
+        "would look more robust than it is."
+    )
+    if table.empty:
+        body: Block = ("p", "No defense has all three records at this profile's budget yet.")
+    else:
+        body = ("table", table)
+    return [
+        ("h", (2, "Attack strength: full gradient vs BPDA vs classifier-only")),
+        ("p", lead),
+        body,
+    ]
+
+
 def records_blocks(frame: pd.DataFrame) -> list[Block]:
     """Every record, so a number can be traced to its file; accuracies in %."""
     done = frame[frame["complete"].astype(bool)].sort_values(["dataset", "defense", "attack"])
@@ -324,6 +347,7 @@ def write_report(
         files = [Path(tables_dir) / f"{table_id}{s}" for s in (".md", ".csv", ".tex")]
         links = " · files: " + ", ".join(f"`{os.path.relpath(f, out.parent)}`" for f in files)
         blocks += table_blocks(table_id, long, table_entry(reference, table_id), 3, links)
+    blocks += strength_blocks(frame)
     blocks += figure_blocks(reference, figures_dir, out.parent)
     blocks += not_run_blocks(built, reference, notes or {})
     blocks += records_blocks(frame)

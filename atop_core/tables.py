@@ -110,6 +110,7 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
         "eot": attack.get("eot"),
         "eps": attack.get("eps"),
         "n": record["n"],
+        "indices": (record.get("indices") or {}).get("sha256"),
         "draws": record.get("draws"),
         "unreliable": record.get("unreliable"),
         "complete": record.get("complete", True),
@@ -123,7 +124,7 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
 
 FRAME_COLUMNS = ("dataset", "profile", "protocol", "defense", "classifier", "purifier")
 FRAME_COLUMNS += ("transform", "atop", "adversarial_training", "attack", "tag", "steps", "eot")
-FRAME_COLUMNS += ("eps", "n", "draws", "unreliable", "complete", "schema")
+FRAME_COLUMNS += ("eps", "n", "indices", "draws", "unreliable", "complete", "schema")
 FRAME_COLUMNS += tuple(f"{k}{s}" for k in READINGS for s in ("", "_lo", "_hi"))
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from atop_core.analysis import (
     MIX_COLUMNS,
+    attack_strength,
     mix_number_analysis,
     purify_examples,
     readings_frame,
@@ -18,7 +19,9 @@ from atop_core.config import TransformConfig
 from atop_core.defense import DefendedModel
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import build_purifier
+from atop_core.tables import records_frame
 from atop_core.transforms import RandomTransform
+from tests.test_tables import make_record
 
 SIZE = 32
 RT3 = TransformConfig(kind="rt3", noise_std=0.2)
@@ -228,3 +231,32 @@ def test_readings_frame_marks_only_records_that_failed_a_check():
         [_record({"name": "pgd"}, unreliable=True), _record({"name": "fgsm"}, unreliable=None)]
     )
     assert frame.groupby("attack").unreliable.all().to_dict() == {"fgsm": False, "pgd": True}
+
+
+# --- attack_strength -----------------------------------------------------------------------------
+
+
+def _strength_records(full: float, bpda: float, classifier_only: float, **kw) -> list[dict]:
+    """The three attacks of the comparison on one defense, at the quick profile's budget."""
+    return [
+        make_record(attack="pgd-eot", single=full, **kw),
+        make_record(attack="bpda-eot", single=bpda, **kw),
+        make_record(attack="pgd", single=classifier_only, protocol="classifier-only", eot=1, **kw),
+    ]
+
+
+@pytest.mark.parametrize(
+    "full, verdict", [(0.2, "yes"), (0.33, "within the intervals"), (0.5, "no")]
+)
+def test_attack_strength_says_whether_the_full_gradient_attack_is_strongest(full, verdict):
+    frame = records_frame(_strength_records(full, bpda=0.3, classifier_only=0.6))
+    table = attack_strength(frame)
+    assert len(table) == 1 and table.loc[0, "full gradient strongest"] == verdict
+    assert table.loc[0, "BPDA+EOT"] == "30.0 [25.0, 35.0]"
+
+
+def test_attack_strength_skips_defenses_without_all_three_at_the_profiles_budget():
+    records = _strength_records(0.2, 0.3, 0.6)
+    other_steps = [make_record(attack="pgd-eot", defense="defense-gan-rt2-plain", steps=20)]
+    other_steps += _strength_records(0.2, 0.3, 0.6, defense="defense-gan-rt2-plain")[1:]
+    assert len(attack_strength(records_frame(records[:2] + other_steps))) == 0

@@ -23,6 +23,17 @@ def write_records(root, profile="quick"):
         "defense-gan-rt2-plain__pgd-eot-10-eot4__whole-model": make_record(
             defense="defense-gan-rt2-plain", single=0.12, profile=profile
         ),
+        "defense-gan-rt2-plain__bpda-eot-10-eot4__whole-model": make_record(
+            defense="defense-gan-rt2-plain", attack="bpda-eot", single=0.25, profile=profile
+        ),
+        "defense-gan-rt2-plain__pgd-10__classifier-only": make_record(
+            defense="defense-gan-rt2-plain",
+            attack="pgd",
+            single=0.4,
+            protocol="classifier-only",
+            eot=1,
+            profile=profile,
+        ),
     }
     for stem, record in records.items():
         write_json(folder / f"{stem}.json", record)
@@ -52,6 +63,14 @@ def test_report_marks_unreliable_records_and_unknown_paper_cells(written):
     assert f"{PAPER_TABLE_7_RT2_ATOP_CLEAN}{tables.INFERRED_MARK} → 34.00" in md
     assert "?? → not run" in md  # unknown paper cell, no record
     assert "1 marked unreliable; 1 not sanity-checked" in md
+
+
+def test_report_sets_the_full_gradient_attack_beside_bpda_and_classifier_only(written):
+    _, md, html = written
+    section = md.split("## Attack strength")[1].split("\n## ")[0]
+    assert "defense-gan-rt2-plain" in section and "defense-gan-rt2-atop" not in section  # 1 of 3
+    assert "12.0 [7.0, 17.0]" in section and "40.0 [35.0, 45.0]" in section and "| yes |" in section
+    assert "Attack strength" in html
 
 
 def test_report_states_the_profile_scale(tmp_path):
