@@ -70,12 +70,14 @@ run_notebook() {  # run_notebook NAME DATASET [papermill -p pairs...]: execute o
     echo "run_all: up to date, skipped: $out"; return 0
   fi
   echo "run_all: running $notebooks/$name ${args[*]} -> $out"
+  local began=$SECONDS
   if ! python -m papermill "$notebooks/$name" "$out" "${args[@]}" -k python3 \
        --log-level WARNING >"$log" 2>&1; then
     echo "run_all: FAILED: notebook $notebooks/$name (dataset ${dataset:-all}); log: $log" >&2
     tail -n 20 "$log" | tr '\r' '\n' | grep -v 'it/s\|s/it' | tail -n 12 >&2
     return 1
   fi
+  echo "run_all: finished $out in $((SECONDS - began)) s"
 }
 
 run_group() {  # run_group "NAME DATASET [k v ...]" ...: up to --jobs at a time, stop on failure

@@ -4,6 +4,7 @@ Images are decoded once into uint8 tensors and cached under the cache folder, ke
 checksum, so later runs load one file instead of decoding tens of thousands of JPEGs.
 """
 
+import functools
 import hashlib
 import io
 import logging
@@ -161,14 +162,21 @@ class _LocalTree:
 
     def __init__(self, path: Path):
         self.path = path
-        self._zip = None
-        if path.is_file():
+        self._opened: zipfile.ZipFile | None = None
+
+    @property
+    def _zip(self) -> zipfile.ZipFile | None:
+        """The archive, opened on first read: reading a 60,000-member directory takes a second,
+        and a cached decode needs only the file's checksum."""
+        if self._opened is None and self.path.is_file():
             try:
-                self._zip = zipfile.ZipFile(path)
+                self._opened = zipfile.ZipFile(self.path)
             except (zipfile.BadZipFile, OSError) as err:
                 raise DataFormatError(
-                    f"{path} is not a readable zip archive ({err}); replace it with an intact copy"
+                    f"{self.path} is not a readable zip archive ({err}); replace it with an intact "
+                    "copy"
                 ) from err
+        return self._opened
 
     def image_names(self, split: str) -> list[str]:
         if self._zip is not None:
@@ -194,8 +202,8 @@ class _LocalTree:
         return (self.path / name).read_bytes()
 
     def checksum(self) -> str:
-        if self._zip is not None:
-            return sha256_file(self.path)
+        if self.path.is_file():
+            return _file_sha256(self.path, *_stamp(self.path))
         h = hashlib.sha256()  # a folder: names and sizes, cheap and enough to notice a change
         for p in sorted(self.path.rglob("*")):
             if p.is_file():
@@ -203,8 +211,19 @@ class _LocalTree:
         return h.hexdigest()
 
     def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
+        if self._opened is not None:
+            self._opened.close()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """An archive's SHA-256, once per process while its size and time stamp are unchanged."""
+    return sha256_file(path)
 
 
 def _split_of(name: str) -> str | None:
@@ -260,11 +279,18 @@ def _decode_image(tree: _LocalTree, name: str, size: int) -> Tensor:
 # --- the cache ---------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def _read_cache(cache_file: Path, size: int, mtime_ns: int) -> dict:
+    """A decoded cache file, read once per process while it is unchanged (evaluations load the
+    test split for every record); callers only index its tensors."""
+    return torch.load(cache_file, map_location="cpu", weights_only=True)
+
+
 def _cached(
     cache_file: Path, source: str, build: Callable[[], ImageTensorDataset]
 ) -> ImageTensorDataset:
     if cache_file.exists():
-        blob = torch.load(cache_file, map_location="cpu", weights_only=True)
+        blob = _read_cache(cache_file, *_stamp(cache_file))
         if blob.get("format") == CACHE_FORMAT:
             return ImageTensorDataset(
                 blob["images"], blob["labels"], tuple(blob["classes"]), source
