@@ -132,8 +132,8 @@ def resume_or_start(path: Path, header: dict) -> dict:
     if differing:
         raise RecordMismatchError(
             f"{path} holds a record of another run (differs in: {', '.join(differing)}; e.g. "
-            f"protocol {existing.get('protocol')!r} vs {header.get('protocol')!r}). Records are "
-            "never mixed: delete that file, or write to another results directory "
+            f"{differing[0]} {existing.get(differing[0])!r} vs {header.get(differing[0])!r}). "
+            "Records are never mixed: delete that file, or write to another results directory "
             "(set ATOP_HOME)."
         )
     return existing
