@@ -105,10 +105,14 @@ class DataConfig:
     train_subset: int = 0
     n_eval: int = 512  # DESIGN §4: 512 fixed test images at the paper profile
     eval_seed: int = 0
+    max_size: int = 0  # 0: native; else larger images are shrunk to it (smoke: 128-px ImageNette
+    # at 32 px, so the pipeline test takes seconds per stage)
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("max_size",)  # see `as_dict`
 
     def __post_init__(self) -> None:
         _require(self.train_subset >= 0, f"train_subset must be >= 0, got {self.train_subset}")
         _require(self.n_eval >= 1, f"n_eval must be >= 1, got {self.n_eval}")
+        _require(self.max_size >= 0, f"max_size must be >= 0 (0: native), got {self.max_size}")
 
 
 TRANSFORM_KINDS = ("none", "rt1", "rt2", "rt3")
@@ -321,7 +325,7 @@ class Profile:
 
 SMOKE = Profile(
     "smoke",
-    data=DataConfig(train_subset=256, n_eval=16),
+    data=DataConfig(train_subset=256, n_eval=16, max_size=32),
     classifier=ClassifierConfig(epochs=1, batch_size=64, train_subset=256),
     purifier=PurifierConfig(width=8, epochs=1, batch_size=32, train_subset=128),
     finetune=FinetuneConfig(epochs=1, batch_size=32, train_subset=64),

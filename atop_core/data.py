@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -380,6 +381,21 @@ def load_dataset(
         f"(or pass root= / --data-dir) to a folder holding {name}.zip or {name}/ as described in "
         f"shared/data/README.md, or go online and pass download=True."
     )
+
+
+def shrink(ds: ImageTensorDataset, max_size: int) -> ImageTensorDataset:
+    """`ds` with images larger than `max_size` resized down to it (antialiased bilinear, rounded
+    back to uint8); unchanged when max_size is 0 or the images are no larger."""
+    if not max_size or ds.images.shape[-1] <= max_size:
+        return ds
+    small = torch.cat(
+        [
+            F.interpolate(chunk.float(), size=max_size, mode="bilinear", antialias=True)
+            for chunk in ds.images.split(1024)
+        ]
+    )
+    images = small.round().clamp(0, 255).to(torch.uint8)
+    return ImageTensorDataset(images, ds.labels, ds.classes, f"{ds.source} at {max_size} px")
 
 
 # --- fixed evaluation subsets ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from atop_core.config import (
     config_hash,
     settings,
 )
-from atop_core.data import ImageTensorDataset, eval_subset, load_dataset
+from atop_core.data import DATASETS, ImageTensorDataset, eval_subset, load_dataset, shrink
 from atop_core.defense import DefendedModel, freeze, save_defense
 from atop_core.io import read_json, sha256_file, write_json
 from atop_core.nets.classifiers import build_classifier, load_external_state_dict
@@ -61,6 +61,12 @@ class DataBundle:
     num_classes: int
     image_size: int
 
+    @property
+    def key(self) -> str:
+        """The dataset as checkpoint names see it: its name, and the size when shrunk."""
+        native = DATASETS.get_entry(self.name).image_size
+        return self.name if self.image_size == native else f"{self.name}@{self.image_size}px"
+
     def train_subset(self, n: int, seed: int) -> Split:
         """The first `n` images of a seeded shuffle of the train split (all of it when n is 0)."""
         if not n or n >= len(self.train):
@@ -70,7 +76,8 @@ class DataBundle:
 
 
 def load_bundle(profile: Profile, dataset: str) -> DataBundle:
-    train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    size = profile.data.max_size
+    train, test = (shrink(load_dataset(dataset, split), size) for split in ("train", "test"))
     sub, _ = eval_subset(dataset, test, profile.data.n_eval, profile.data.eval_seed)
     return DataBundle(
         dataset, train, Split(sub.images, sub.labels), len(train.classes), train.images.shape[-1]
@@ -115,7 +122,7 @@ def _classifier_cfg(profile: Profile, adv: str | None) -> ClassifierConfig:
 def classifier_path(profile: Profile, data: DataBundle, adv: str | None = None) -> Path:
     cfg = _classifier_cfg(profile, adv)
     arch = cfg.arch_for(data.image_size)
-    return stage_dir(profile, data.name) / f"classifier-{arch}-{cfg.adv}-{_hash(cfg, data.name)}.pt"
+    return stage_dir(profile, data.name) / f"classifier-{arch}-{cfg.adv}-{_hash(cfg, data.key)}.pt"
 
 
 def get_classifier(
@@ -229,7 +236,7 @@ def pretrain_path(profile: Profile, kind: str, rt: str, data: DataBundle) -> Pat
     cfg = dataclasses.replace(profile.purifier, kind=kind)
     t_cfg = training_transform(profile, rt)
     return stage_dir(profile, data.name) / (
-        f"purifier-{kind}-{t_cfg.kind}-pretrain-{_hash(cfg, t_cfg, data.name)}.pt"
+        f"purifier-{kind}-{t_cfg.kind}-pretrain-{_hash(cfg, t_cfg, data.key)}.pt"
     )
 
 

@@ -16,9 +16,11 @@ from atop_core.data import (
     DATASETS,
     DataFormatError,
     DataNotFoundError,
+    ImageTensorDataset,
     eval_indices,
     indices_sha256,
     load_dataset,
+    shrink,
 )
 from tests.conftest import write_tree, zip_tree
 
@@ -276,3 +278,14 @@ def test_eval_indices_refuse_impossible_sizes(n):
 def test_class_lists_are_complete_and_in_sorted_folder_order(name, count):
     classes = DATASETS.get_entry(name).classes
     assert len(classes) == count and list(classes) == sorted(classes)
+
+
+def test_shrink_resizes_larger_images_down_and_leaves_the_rest():
+    images = torch.zeros((3, 3, 128, 128), dtype=torch.uint8)
+    images[:, :, :64] = 200  # top half bright: stays bright after shrinking
+    ds = ImageTensorDataset(images, torch.tensor([0, 1, 2]), ("a", "b", "c"), "local:x")
+    small = shrink(ds, 32)
+    assert small.images.shape == (3, 3, 32, 32) and small.images.dtype == torch.uint8
+    assert small.images[:, :, :15].float().mean() == 200 and small.images[:, :, 17:].max() == 0
+    assert torch.equal(small.labels, ds.labels) and small.source == "local:x at 32 px"
+    assert shrink(ds, 0) is ds and shrink(ds, 128) is ds

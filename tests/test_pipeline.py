@@ -101,3 +101,12 @@ def test_baseline_sidecar_records_the_recipe_that_trained_it(tiny_profile):
     saved = pipeline.train_chain(profile, "cifar10", torch.device("cpu"))
     baseline = next(s for s in saved if s["file"] == "defense-none-none-at-fgsm-rs.pt")
     assert baseline["classifier"]["adv"] == "fgsm-rs" and baseline["classifier"]["epochs"] == 1
+
+
+def test_checkpoint_names_tell_a_shrunk_dataset_from_the_native_one():
+    def bundle(name, size):
+        return pipeline.DataBundle(name, None, None, 10, size)
+
+    assert bundle("cifar10", 32).key == "cifar10"
+    assert bundle("imagenette", 128).key == "imagenette"
+    assert bundle("imagenette", 32).key == "imagenette@32px"
