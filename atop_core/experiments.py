@@ -153,7 +153,8 @@ def evaluate_suite(
     n: int | None = None,
     sanity: bool = True,
 ) -> list[dict]:
-    """Records (resumed or computed) for every defense × attack."""
+    """Records (resumed or computed) for every defense × attack: attacks on `n` images (default:
+    the profile's table size), clean accuracy, which is cheap, on all the evaluation images."""
     ev = run.profile.evaluation
     n = n or ev.n_table or None
     return [
@@ -163,7 +164,7 @@ def evaluate_suite(
             cfg,
             protocol=protocol,
             device=run.device,
-            n=n,
+            n=None if cfg.name == "clean" else n,
             seed=run.seed,
             sanity=sanity,
         )[0]
@@ -245,12 +246,14 @@ def summary(records: list[dict]) -> pd.DataFrame:
 
 
 def worst_case_by_defense(records: list[dict]) -> pd.DataFrame:
-    """Per defense and protocol: accuracy against the whole suite (`results.worst_case`)."""
+    """Per defense, protocol and image list: accuracy against the whole suite
+    (`results.worst_case`); clean accuracy, taken on more images, forms its own line."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["defense"]["name"], r["protocol"]), []).append(r)
+        key = (r["defense"]["name"], r["protocol"], r["indices"]["sha256"])
+        groups.setdefault(key, []).append(r)
     rows = []
-    for (name, protocol), group in groups.items():
+    for (name, protocol, _), group in groups.items():
         wc = worst_case(group)
         rows.append(
             {

@@ -53,6 +53,7 @@ def _record(name, first, attack="pgd"):
     per_sample["correct_draws"] = [3 * f for f in first]
     return {
         "defense": {"name": name},
+        "indices": {"n": len(first), "sha256": f"list of {len(first)}"},
         "attack": {"name": attack, "steps": 10, "eot": 1},
         "protocol": "whole-model",
         "draws": 3,
@@ -67,3 +68,6 @@ def test_summary_and_worst_case_tables_read_the_records():
     assert list(ex.summary(records)["single %"]) == [50.0, 50.0]
     worst = ex.worst_case_by_defense(records)
     assert worst.loc[0, "single %"] == 25.0 and worst.loc[0, "attacks"] == 2
+    clean = _record("d", [1, 1, 1, 0, 1, 1], "clean")  # clean accuracy: on more images
+    worst = ex.worst_case_by_defense([*records, clean])
+    assert list(worst["attacks"]) == [2, 1] and list(worst["n"]) == [4, 6]
