@@ -388,14 +388,21 @@ def shrink(ds: ImageTensorDataset, max_size: int) -> ImageTensorDataset:
     back to uint8); unchanged when max_size is 0 or the images are no larger."""
     if not max_size or ds.images.shape[-1] <= max_size:
         return ds
+    images = _shrunk(ds.images, max_size)
+    return ImageTensorDataset(images, ds.labels, ds.classes, f"{ds.source} at {max_size} px")
+
+
+@functools.lru_cache(maxsize=4)
+def _shrunk(images: Tensor, max_size: int) -> Tensor:
+    """Keyed by the tensor itself (its identity): the memoised decoded split is the same object
+    on every load, so evaluations resize it once per process, not once per record."""
     small = torch.cat(
         [
             F.interpolate(chunk.float(), size=max_size, mode="bilinear", antialias=True)
-            for chunk in ds.images.split(1024)
+            for chunk in images.split(1024)
         ]
     )
-    images = small.round().clamp(0, 255).to(torch.uint8)
-    return ImageTensorDataset(images, ds.labels, ds.classes, f"{ds.source} at {max_size} px")
+    return small.round().clamp(0, 255).to(torch.uint8)
 
 
 # --- fixed evaluation subsets ------------------------------------------------------------------
