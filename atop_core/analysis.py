@@ -194,8 +194,8 @@ def attack_strength(frame: pd.DataFrame) -> pd.DataFrame:
             verdict = (
                 "within the intervals" if all(full.single_lo <= r.single for r in others) else "no"
             )
-        row = {"dataset": dataset, "defense": defense, "n": full.n, "steps": full.steps}
-        row |= {"eot": full.eot, "profile": profile}
+        row = {"dataset": dataset, "defense": defense, "n": full.n, "steps": int(full.steps)}
+        row |= {"eot": int(full.eot), "profile": profile}
         row |= {
             c: f"{100 * r.single:.1f} [{100 * r.single_lo:.1f}, {100 * r.single_hi:.1f}]"
             for c, r in cells.items()
