@@ -95,7 +95,7 @@ run_group() {  # run_group "NAME DATASET [k v ...]" ...: up to --jobs at a time,
 }
 
 # The attack-suite notebook runs every attack in the registry on three defenses: at quick, 16
-# images keep it near half an hour on 2 CPU cores (0: the profile's table size).
+# images bound its cost on 2 CPU cores (0: the profile's table size).
 suite_n=0
 [ "$profile" = quick ] && suite_n=16
 if stage_reached notebooks; then

@@ -174,11 +174,12 @@ def attack_strength(frame: pd.DataFrame) -> pd.DataFrame:
     for (dataset, profile, defense, _), group in frame.groupby(
         ["dataset", "profile", "defense", "indices"], sort=True, dropna=False
     ):
-        cells = {}
+        if profile not in PROFILES:  # the budget to compare at is the profile's
+            continue
+        budget, cells = PROFILES[profile].evaluation, {}
         for r in group.itertuples():
             column = STRENGTH_COLUMNS.get((r.attack, r.protocol))
-            budget = PROFILES[profile].evaluation if profile in PROFILES else None
-            if column is None or not r.complete or r.purifier == "none" or budget is None:
+            if column is None or not r.complete or r.purifier == "none":
                 continue
             if r.steps != budget.steps or abs(float(r.eps) - EPS_LINF) > EPS_TOL:
                 continue

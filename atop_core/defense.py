@@ -177,18 +177,27 @@ def save_transform_variant(path: str | Path, suffix: str, **transform: object) -
     path = Path(path)
     out = path.with_name(f"{path.stem}{suffix}{path.suffix}")
     made_from = [sha256_file(path), transform]
-    sidecar = out.with_suffix(".json")
-    if out.exists() and sidecar.exists():
-        saved = read_json(sidecar)
-        if saved.get("variant_of") == made_from and saved.get("sha256") == sha256_file(out):
-            return out
+    if current_sidecar(out, "variant_of", made_from) is not None:
+        return out
     blob = torch.load(path, map_location="cpu", weights_only=False)
     t_cfg = TransformConfig(**{**blob["meta"]["transform"], **transform})  # validates the fields
     meta = {**blob["meta"], "transform": as_dict(t_cfg), "variant_of": made_from}
     meta.pop("made_from", None)  # the training chain's: this file is not one of its outputs
     sha = save_torch(out, {**blob, "meta": meta})
-    write_json(sidecar, {**meta, "sha256": sha, "file": out.name})
+    write_json(out.with_suffix(".json"), {**meta, "sha256": sha, "file": out.name})
     return out
+
+
+def current_sidecar(path: Path, key: str, expected: object) -> dict | None:
+    """The sidecar of defense file `path` if the file is intact and the sidecar's `key` (what
+    the file was made from) equals `expected`; else None, and the file is to be made again."""
+    sidecar = path.with_suffix(".json")
+    if not (path.exists() and sidecar.exists()):
+        return None
+    meta = read_json(sidecar)
+    if meta.get(key) != expected or meta.get("sha256") != sha256_file(path):
+        return None
+    return meta
 
 
 def _width(width: int) -> dict:

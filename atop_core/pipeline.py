@@ -23,8 +23,8 @@ from atop_core.config import (
     settings,
 )
 from atop_core.data import DATASETS, ImageTensorDataset, eval_subset, load_dataset, shrink
-from atop_core.defense import DefendedModel, freeze, save_defense
-from atop_core.io import read_json, sha256_file, write_json
+from atop_core.defense import DefendedModel, current_sidecar, freeze, save_defense
+from atop_core.io import write_json
 from atop_core.nets.classifiers import build_classifier, load_external_state_dict
 from atop_core.nets.purifiers import build_discriminator, build_purifier
 from atop_core.train import (
@@ -361,7 +361,7 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
                     (finetune_path if atop else pretrain_path)(profile, kind, rt, data).stem,
                     as_dict(defense_transform(profile, rt)),
                 ]
-                if (done := _saved_from(path, made_from)) is not None:
+                if (done := current_sidecar(path, "made_from", made_from)) is not None:
                     saved.append(done)  # its checkpoints are unchanged: skip the re-evaluation
                     continue
                 get = get_finetuned if atop else get_pretrained
@@ -397,17 +397,6 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
         [{k: v for k, v in s.items() if k != "training_log"} for s in saved],
     )
     return saved
-
-
-def _saved_from(path: Path, made_from: list) -> dict | None:
-    """The sidecar of a defense file saved from exactly these checkpoints, if it is intact."""
-    sidecar = path.with_suffix(".json")
-    if not (path.exists() and sidecar.exists()):
-        return None
-    meta = read_json(sidecar)
-    if meta.get("made_from") != made_from or meta.get("sha256") != sha256_file(path):
-        return None
-    return meta
 
 
 def _extra(profile: Profile, cls_acc: float, acc: float, data: DataBundle, finetune, log) -> dict:

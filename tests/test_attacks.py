@@ -365,7 +365,11 @@ def real_batch(tmp_path_factory):
         mp.setenv("ATOP_CACHE_DIR", str(tmp_path_factory.mktemp("real-cache")))
         test = load_dataset("cifar10", "test", root=DATA_DIR, download=False)
     idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:16]
-    return test.images[idx].float() / 255, test.labels[idx], load_defense(CHECKPOINT).classifier
+    return (
+        test.images[idx].float() / 255,
+        test.labels[idx],
+        load_defense(CHECKPOINT, "cpu").classifier,
+    )
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def test_rt3_defense_purifies_n_copies_and_combines_them():
 def test_checkpoint_round_trip_gives_identical_outputs_under_the_same_seed(tmp_path, purifier_kind):
     model = _defense(purifier_kind=purifier_kind, seed=7)
     meta = _save(model, tmp_path / "d.pt", purifier_kind)
-    loaded = load_defense(tmp_path / "d.pt", seed=7)
+    loaded = load_defense(tmp_path / "d.pt", "cpu", seed=7)
     model.eval()
     assert torch.equal(model(_x()), loaded(_x()))
     assert not loaded.training and loaded.meta["atop"] is True
@@ -93,7 +93,7 @@ def test_a_transform_variant_keeps_the_weights_and_is_reused_while_its_source_is
     _save(model, tmp_path / "d.pt", "ae")
     path = save_transform_variant(tmp_path / "d.pt", "-fixed-mask", fixed_mask=True)
     assert path.name == "d-fixed-mask.pt"
-    variant, source = load_defense(path), load_defense(tmp_path / "d.pt")
+    variant, source = load_defense(path, "cpu"), load_defense(tmp_path / "d.pt", "cpu")
     assert variant.transform.cfg.fixed_mask and not source.transform.cfg.fixed_mask
     for a, b in zip(variant.state_dict().values(), source.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -102,7 +102,7 @@ def test_a_transform_variant_keeps_the_weights_and_is_reused_while_its_source_is
     assert path.stat().st_mtime_ns == stamp  # reused, not rewritten
     _save(_defense(purifier_kind="ae", seed=8), tmp_path / "d.pt", "ae")  # the source changes
     save_transform_variant(tmp_path / "d.pt", "-fixed-mask", fixed_mask=True)
-    rewritten, changed = load_defense(path), load_defense(tmp_path / "d.pt")
+    rewritten, changed = load_defense(path, "cpu"), load_defense(tmp_path / "d.pt", "cpu")
     assert all(
         torch.equal(a, b)
         for a, b in zip(rewritten.state_dict().values(), changed.state_dict().values(), strict=True)

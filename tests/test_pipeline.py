@@ -59,7 +59,9 @@ def test_chain_saves_every_defense_and_a_rerun_trains_nothing(tiny_profile, monk
     # RT3 reuses the RT2-trained purifier: two pretrainings and two fine-tunings per kind
     assert len(list(folder.glob("purifier-gan-*-pretrain-*.pt"))) == 2
     assert len(list(folder.glob("purifier-gan-rt2-atop-*.pt"))) == 1
-    model = load_defense(pipeline.defense_path(tiny_profile, "cifar10", "ae", "rt3", True), eot=2)
+    model = load_defense(
+        pipeline.defense_path(tiny_profile, "cifar10", "ae", "rt3", True), "cpu", eot=2
+    )
     assert model.transform.cfg.kind == "rt3" and model.meta["atop"] is True
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     _refuse_training(monkeypatch)

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 Loss = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
 # Image-draws per forward and backward pass: bounds memory by the pass, not by batch x draws
-# (`python -m bench`: at batch 256 and 32 draws on 2 CPU cores, 1.2x faster than one pass and
-# peak memory 4.8 -> 1.7 GiB; a GPU could take larger passes).
+# (`python -m bench` on 2 CPU cores: 1.6x faster than one pass at batch 64 x EOT 8, and peak
+# memory 4.86 -> 1.65 GiB at batch 64 x EOT 20 on the quick nets; a GPU could take larger passes).
 EOT_PASS = 256
 
 
