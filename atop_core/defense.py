@@ -103,6 +103,12 @@ def save_defense(
 ) -> dict:
     """One self-contained file (both networks' weights and how to rebuild them) plus a JSON sidecar
     naming its parts; returns the sidecar."""
+    if getattr(classifier, "flip_average", False) != classifier_cfg.flip_average:
+        raise ValueError(
+            f"the classifier's flip_average ({getattr(classifier, 'flip_average', False)}) differs "
+            f"from classifier_cfg.flip_average ({classifier_cfg.flip_average}); build the "
+            "classifier from the same config (build_classifier(..., flip_average=...))"
+        )
     meta = {
         "format": DEFENSE_FORMAT,
         "dataset": dataset,
@@ -155,6 +161,7 @@ def load_defense(
         meta["classifier_arch"],
         meta["num_classes"],
         meta["image_size"],
+        flip_average=meta["classifier"].get("flip_average", False),  # absent: saved before it
         **_width(meta["classifier"]["width"]),
     )
     classifier.load_state_dict(blob["classifier"])

@@ -133,7 +133,11 @@ def get_classifier(
     cfg = _classifier_cfg(profile, adv)
     width = {"width": cfg.width} if cfg.width else {}
     model = build_classifier(
-        cfg.arch_for(data.image_size), data.num_classes, data.image_size, **width
+        cfg.arch_for(data.image_size),
+        data.num_classes,
+        data.image_size,
+        flip_average=cfg.flip_average,
+        **width,
     ).to(device, memory_format=torch.channels_last)
     if cfg.weights:
         return freeze(load_external_state_dict(model, cfg.weights, map_location=device))

@@ -12,6 +12,7 @@ from atop_core.config import (
     EvalConfig,
     FinetuneConfig,
     PurifierConfig,
+    as_dict,
     config_hash,
     get_profile,
     resolve_device,
@@ -59,6 +60,13 @@ def test_bad_data_config_names_the_field(field, value):
 def test_config_hash_changes_with_any_field():
     assert config_hash(DataConfig(n_eval=8)) != config_hash(DataConfig(n_eval=9))
     assert config_hash(DataConfig(n_eval=8)) == config_hash(DataConfig(n_eval=8))
+
+
+def test_flip_average_renames_only_the_classifiers_that_use_it():
+    """Added after checkpoints were named: at its default it is left out of names and sidecars."""
+    assert "flip_average" not in as_dict(ClassifierConfig())
+    assert as_dict(ClassifierConfig(flip_average=True))["flip_average"] is True
+    assert config_hash(ClassifierConfig()) != config_hash(ClassifierConfig(flip_average=True))
 
 
 @pytest.mark.parametrize(

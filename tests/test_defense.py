@@ -86,6 +86,29 @@ def test_checkpoint_round_trip_gives_identical_outputs_under_the_same_seed(tmp_p
     assert (tmp_path / "d.json").exists() and len(meta["sha256"]) == 64
 
 
+def test_a_flip_averaged_classifier_round_trips_and_must_match_its_config(tmp_path):
+    model = _defense(seed=7)
+    model.classifier.flip_average = True
+    with pytest.raises(ValueError, match="flip_average"):
+        _save(model, tmp_path / "d.pt", "ae")  # its config says a single view
+    save_defense(
+        tmp_path / "d.pt",
+        model.classifier,
+        model.purifier,
+        dataset="cifar10",
+        num_classes=10,
+        image_size=SIZE,
+        classifier_cfg=ClassifierConfig(width=0.25, flip_average=True),
+        purifier_cfg=PurifierConfig(kind="ae", width=4),
+        transform_cfg=TransformConfig(kind="rt2"),
+        atop=True,
+    )
+    loaded = load_defense(tmp_path / "d.pt", "cpu", seed=7)
+    model.eval()
+    assert loaded.classifier.flip_average
+    assert torch.equal(model(_x()), loaded(_x()))
+
+
 def test_a_transform_variant_keeps_the_weights_and_is_reused_while_its_source_is_unchanged(
     tmp_path,
 ):

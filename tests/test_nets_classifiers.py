@@ -58,6 +58,21 @@ def test_channels_last_gives_the_same_logits():
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
+def test_flip_average_evaluates_the_mean_of_both_views_and_trains_on_one():
+    torch.manual_seed(0)
+    plain = build_classifier("small", 10, 32).eval()
+    averaged = build_classifier("small", 10, 32, flip_average=True).eval()
+    averaged.load_state_dict(plain.state_dict())  # same keys: the flag is not in the state dict
+    x = _images(4)
+    with torch.no_grad():
+        expected = (plain(x) + plain(x.flip(3))) / 2
+        assert (plain(x) - plain(x.flip(3))).abs().max() > 1e-4  # the views differ
+        torch.testing.assert_close(averaged(x), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(averaged(x.flip(3)), averaged(x), rtol=1e-5, atol=1e-6)
+        averaged.train(), plain.train()
+        torch.testing.assert_close(averaged(x), plain(x))
+
+
 def test_small_net_has_about_a_third_of_a_million_parameters():
     assert 150_000 <= count_parameters(build_classifier("small", 10, 32)) <= 600_000
 

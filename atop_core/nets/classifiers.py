@@ -48,15 +48,24 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """normalize then net; two named parts so external weights can load into `.net` alone."""
+    """normalize then net; two named parts so external weights can load into `.net` alone.
 
-    def __init__(self, normalize: Normalize, net: nn.Module) -> None:
+    With `flip_average`, eval mode returns the mean of the logits of the image and its mirror
+    image (horizontal-flip test-time augmentation, as airbench evaluates); train mode always
+    sees one view, so training cost and recipe are unchanged. It is a flag, not a module, so
+    state dicts are the same either way."""
+
+    def __init__(self, normalize: Normalize, net: nn.Module, flip_average: bool = False) -> None:
         super().__init__()
         self.normalize = normalize
         self.net = net
+        self.flip_average = flip_average
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.normalize(x))
+        if not self.flip_average or self.training:
+            return self.net(self.normalize(x))
+        both = self.net(self.normalize(torch.cat([x, x.flip(3)])))  # one pass for both views
+        return (both[: len(x)] + both[len(x) :]) / 2
 
 
 def _wrap(net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> Classifier:
@@ -244,9 +253,13 @@ def wrn_70_16(num_classes: int, image_size: int, **kwargs) -> Classifier:
 # --- entry points --------------------------------------------------------------------------------
 
 
-def build_classifier(arch: str, num_classes: int, image_size: int, **kwargs) -> nn.Module:
+def build_classifier(
+    arch: str, num_classes: int, image_size: int, flip_average: bool = False, **kwargs
+) -> Classifier:
     """One entry point by name; an unknown `arch` lists the known ones. Built on CPU."""
-    return CLASSIFIERS.build(arch, num_classes, image_size, **kwargs)
+    model = CLASSIFIERS.build(arch, num_classes, image_size, **kwargs)
+    model.flip_average = flip_average
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
