@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from atop_core.config import ClassifierConfig, FinetuneConfig, PurifierConfig
 from atop_core.io import save_torch, write_json
+from atop_core.nets.classifiers import single_view
 from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
 from atop_core.transforms import RandomTransform
 
@@ -195,11 +196,12 @@ def adversarial_training_examples(
     model: nn.Module, x: Tensor, y: Tensor, cfg: ClassifierConfig, g: torch.Generator
 ) -> Tensor:
     """The adversarial-training baseline's inputs: FGSM with a random start and step 1.25·ε (Wong
-    et al. 2020) or PGD-k (Madry et al. 2018)."""
+    et al. 2020) or PGD-k (Madry et al. 2018), crafted on the single view that training fits
+    (flip averaging, an evaluation-time choice, would double their cost)."""
     model.eval()
-    if cfg.adv == "fgsm-rs":
-        return pgd(model, x, y, cfg.adv_eps, steps=1, g=g, alpha=1.25 * cfg.adv_eps)
-    return pgd(model, x, y, cfg.adv_eps, steps=cfg.adv_steps, g=g)
+    steps, alpha = (1, 1.25 * cfg.adv_eps) if cfg.adv == "fgsm-rs" else (cfg.adv_steps, None)
+    with single_view(model):
+        return pgd(model, x, y, cfg.adv_eps, steps=steps, g=g, alpha=alpha)
 
 
 @torch.no_grad()

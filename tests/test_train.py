@@ -73,6 +73,18 @@ def test_training_attacks_stay_in_the_eps_ball_and_pixel_range(attack):
     assert (adv - x).abs().max() > eps / 2
 
 
+def test_adversarial_training_crafts_on_the_single_view_it_trains():
+    """Flip averaging is for evaluation: AT examples come from one view, and the flag survives."""
+    model, (x, y) = _classifier(), _data(4)
+    x, cfg = x.float() / 255, ClassifierConfig(adv="pgd", adv_steps=2)
+    single = adversarial_training_examples(model, x, y, cfg, torch.Generator().manual_seed(0))
+    model.flip_average = True
+    crafted = adversarial_training_examples(model, x, y, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(crafted, single) and model.flip_average
+    averaged = pgd(model.eval(), x, y, cfg.adv_eps, steps=2, g=torch.Generator().manual_seed(0))
+    assert not torch.equal(averaged, single)  # the averaged view would give other examples
+
+
 def test_classifier_training_lowers_the_loss():
     model, (x, y) = _classifier(), _data(32)
     cfg = ClassifierConfig(epochs=15, batch_size=32, lr=0.05, label_smoothing=0.0)

@@ -10,7 +10,8 @@ import math
 import pickle
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -66,6 +67,19 @@ class Classifier(nn.Module):
             return self.net(self.normalize(x))
         both = self.net(self.normalize(torch.cat([x, x.flip(3)])))  # one pass for both views
         return (both[: len(x)] + both[len(x) :]) / 2
+
+
+@contextmanager
+def single_view(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with flip averaging off inside the block (a no-op for other modules)."""
+    saved = getattr(model, "flip_average", None)
+    if saved is not None:
+        model.flip_average = False
+    try:
+        yield model
+    finally:
+        if saved is not None:
+            model.flip_average = saved
 
 
 def _wrap(net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> Classifier:
