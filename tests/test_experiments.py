@@ -5,6 +5,7 @@ import pytest
 from atop_core import experiments as ex
 from atop_core.config import get_profile
 from atop_core.results import summarize_outcomes
+from atop_core.tables import load_reference, selector
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,30 @@ def test_summary_and_worst_case_tables_read_the_records():
     clean = _record("d", [1, 1, 1, 0, 1, 1], "clean")  # clean accuracy: on more images
     worst = ex.worst_case_by_defense([*records, clean])
     assert list(worst["attacks"]) == [2, 1] and list(worst["n"]) == [4, 6]
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+@pytest.mark.parametrize("table_id", ["generalization", "table7_cifar10_ablation"])
+def test_every_attacked_table_column_is_run_by_its_notebooks_suite(profile, table_id):
+    """A column that selects steps or EOT the suite does not run would stay `not run` forever
+    (the generalization table's L∞ column asked for the profile's 10 steps; the suite ran 20)."""
+    p = get_profile(profile)
+    suites = {
+        "generalization": lambda: ex.generalization_suite(p),
+        "table7_cifar10_ablation": lambda: [
+            a for protocol in ex.PROTOCOL_ATTACKS for a in ex.ablation_suite(p, protocol)
+        ],
+    }
+    entry, attacks = load_reference()["tables"][table_id], suites[table_id]()
+    for column in entry["columns"]:
+        sel = selector([entry.get("select"), column.get("select")], profile)
+        names = [sel["attack"]] if isinstance(sel["attack"], str) else sel["attack"]
+        if names == ["clean"] or (set(names) & {"autoattack"} and p.evaluation.step_cap):
+            continue  # clean runs apart; AutoAttack only at full budgets (ablation_suite says why)
+        assert any(
+            a.name in names
+            and sel["steps"] in (None, a.steps)
+            and sel["eot"] in (None, a.eot)
+            and (sel.get("eps") is None or abs(a.eps - sel["eps"]) < 1e-6)
+            for a in attacks
+        ), f"{table_id} column {column['id']} selects {sel}; the suite runs none such"
