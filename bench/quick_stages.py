@@ -63,7 +63,8 @@ def quick_profile_stages(kind: str = "gan") -> dict[str, Callable[[], None]]:
     def classifier(adv: str) -> Callable[[], None]:
         def stage() -> None:
             cfg = dataclasses.replace(p.classifier, adv=adv)
-            model = build_classifier(cfg.arch, 10, 32).to(memory_format=torch.channels_last)
+            model = build_classifier(cfg.arch, 10, 32, flip_average=cfg.flip_average)
+            model = model.to(memory_format=torch.channels_last)
             step = classifier_step(classifier_state(model, cfg, steps_per_epoch=1), cfg)
             step(*batch(cfg.batch_size), g)
             held.setdefault("classifier", freeze(model))

@@ -99,11 +99,13 @@ class Arch:
     classifier: str
     classifier_width: float
     purifier_width: int
+    flip_average: bool  # the classifier's evaluation: two views per image when set
 
 
 def arch(name: str) -> Arch:
     p = get_profile(name)
-    return Arch(name, p.classifier.arch_for(IMAGE_SIZE), p.classifier.width, p.purifier.width)
+    c = p.classifier
+    return Arch(name, c.arch_for(IMAGE_SIZE), c.width, p.purifier.width, c.flip_average)
 
 
 def build_defense(
@@ -113,7 +115,9 @@ def build_defense(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         width = {"width": a.classifier_width} if a.classifier_width else {}
-        classifier = build_classifier(a.classifier, NUM_CLASSES, IMAGE_SIZE, **width)
+        classifier = build_classifier(
+            a.classifier, NUM_CLASSES, IMAGE_SIZE, flip_average=a.flip_average, **width
+        )
         purifier = build_purifier(
             kind, width=a.purifier_width, image_size=IMAGE_SIZE, work_size=style.work_size
         )
