@@ -50,6 +50,44 @@ def shard_batches(n: int, batch_size: int, shard: tuple[int, int] | None) -> ran
     return range(i * total // k, (i + 1) * total // k)
 
 
+# Clean accuracy is the same under both protocols (nothing is attacked, and the defense draws the
+# same seeded randomness): it is computed once, under this one, and copied for the other.
+CLEAN_PROTOCOL = "whole-model"
+
+
+def _clean_copy(
+    path: str | Path,
+    profile: Profile,
+    attack: AttackConfig,
+    protocol: str,
+    device: torch.device,
+    n: int | None,
+    draws: int | None,
+    shard: tuple[int, int] | None,
+    seed: int,
+) -> tuple[dict, Path]:
+    """The clean record under `protocol`: the CLEAN_PROTOCOL record, relabelled, naming its source
+    (`same_as`) and costing no time of its own."""
+    source, source_path = evaluate_defense(
+        path,
+        profile,
+        attack,
+        protocol=CLEAN_PROTOCOL,
+        device=device,
+        n=n,
+        draws=draws,
+        shard=shard,
+        seed=seed,
+    )
+    record = {**source, "protocol": protocol, "same_as": source_path.name, "wall_s": 0.0}
+    name = source["defense"]["name"]
+    out = record_path(
+        settings().results_dir, profile.name, source["dataset"], name, attack.tag(), protocol, shard
+    )
+    write_json(out, record)
+    return record, out
+
+
 def evaluate_defense(
     path: str | Path,
     profile: Profile,
@@ -66,6 +104,8 @@ def evaluate_defense(
     """Attack one saved defense on the profile's fixed evaluation subset; write (resumably) and
     return the record and its path."""
     check_protocol(protocol)
+    if attack.name == "clean" and protocol != CLEAN_PROTOCOL:
+        return _clean_copy(path, profile, attack, protocol, device, n, draws, shard, seed)
     ev = profile.evaluation
     draws = draws or ev.draws
     # Not channels_last, though bench measured it 1.1x faster: torchattacks' L2 attacks flatten

@@ -25,7 +25,8 @@ def defense_path(tmp_path, monkeypatch):
 def _run(path, **kw):
     profile = get_profile("smoke")  # batches of 8: 10 images make two batches
     kw = {"protocol": "whole-model", "device": torch.device("cpu"), "n": 10, "draws": 3, **kw}
-    return evaluate_defense(path, profile, ATTACK, sanity=False, **kw)
+    kw = {"attack": ATTACK, **kw}
+    return evaluate_defense(path, profile, sanity=False, **kw)
 
 
 def _stable(record):
@@ -83,3 +84,19 @@ def test_bad_shard_specs_are_refused(text):
 def test_shards_cover_every_batch_exactly_once():
     parts = [shard_batches(1000, 64, (i, 3)) for i in range(3)]
     assert [b for p in parts for b in p] == list(range(16))
+
+
+def test_clean_accuracy_is_computed_once_and_matches_either_protocol(defense_path, monkeypatch):
+    import atop_core.records as records
+
+    clean = AttackConfig(name="clean")
+    copy, out = _run(defense_path, protocol="classifier-only", attack=clean)
+    source = out.with_name(out.name.replace("classifier-only", "whole-model"))
+    assert copy["protocol"] == "classifier-only" and copy["same_as"] == source.name
+    assert json.loads(out.read_text()) == copy and source.exists()
+    assert copy["per_sample"] == json.loads(source.read_text())["per_sample"]
+    # the shortcut's premise: computed under classifier-only itself, the outcomes are the same
+    monkeypatch.setattr(records, "CLEAN_PROTOCOL", "classifier-only")
+    out.unlink()
+    direct, _ = _run(defense_path, protocol="classifier-only", attack=clean)
+    assert "same_as" not in direct and direct["per_sample"] == copy["per_sample"]
