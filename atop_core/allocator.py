@@ -2,13 +2,13 @@
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with fresh pages from
 `mmap` and returns them with `munmap` when freed. Training and attack steps allocate and free
-activations of that size many times a second, so each one page-faults on first touch: on the
-2-core development machine a ReLU over a 33 MB tensor took 16 ms instead of 2.9 ms, a quick-profile
-GAN attack step (forward and backward through the defended model) about 1.2-1.4x longer, and a
-classifier training step 1.2x longer. Setting `M_MMAP_MAX` to 0 serves them from the heap, and a
-high `M_TRIM_THRESHOLD` keeps freed memory for the next step instead of handing it back. The
-price: a process's resident memory stays near its own peak until it exits (the quick profile's
-stages peak at about 2 GiB).
+activations of that size many times a second, so each one page-faults on first touch. On the
+2-core development machine a ReLU over a 33 MB tensor took 16 ms instead of 2.9 ms, a quick GAN
+attack step (forward and backward through the defended model, 256 image-draws) 1.55-1.69 s
+instead of 1.09 s, and the quick classifier's 8 epochs 773 s instead of 613 s (two from-scratch
+runs). Setting `M_MMAP_MAX` to 0 serves them from the heap, and a high `M_TRIM_THRESHOLD` keeps
+freed memory for the next step instead of handing it back. The price: a process's resident memory
+stays near its own peak until it exits (the quick profile's stages peak at about 2 GiB).
 
 Written here because no maintained package sets these: the usual fix, jemalloc or tcmalloc, needs
 LD_PRELOAD before Python starts, which notebooks opened in JupyterLab would not get.

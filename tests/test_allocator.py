@@ -11,7 +11,7 @@ from atop_core import allocator
 
 # A 64 MiB tensor, then the bytes glibc holds in mmap'd blocks (mallinfo2, glibc >= 2.33).
 PROBE = """
-import ctypes, sys
+import ctypes
 import torch
 import atop_core
 class Info(ctypes.Structure):

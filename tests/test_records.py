@@ -24,8 +24,8 @@ def defense_path(tmp_path, monkeypatch):
 
 def _run(path, **kw):
     profile = get_profile("smoke")  # batches of 8: 10 images make two batches
-    kw = {"protocol": "whole-model", "device": torch.device("cpu"), "n": 10, "draws": 3, **kw}
-    kw = {"attack": ATTACK, **kw}
+    kw = {"attack": ATTACK, "protocol": "whole-model", "device": torch.device("cpu"), **kw}
+    kw = {"n": 10, "draws": 3, **kw}
     return evaluate_defense(path, profile, sanity=False, **kw)
 
 
