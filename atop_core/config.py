@@ -237,7 +237,10 @@ class FinetuneConfig:
     attack_on: str = "classifier"  # classifier (the paper's code) | whole-model
     eps: float = EPS_LINF
     steps: int = 10  # pgd only
-    target: str = "adv"  # adv: reconstruct x' (the paper's equation) | clean: x (the original log)
+    # adv: reconstruct x' (the paper's equation) | clean: x from t(x'), the consistency term a
+    # reviewer proposed (ATOP_PAPER §1.3); the authors' original log instead reconstructed x
+    # from t(x), which is not implemented
+    target: str = "adv"
     train_subset: int = 0
     seed: int = 0
 

@@ -84,13 +84,13 @@ def check_reference(reference: dict) -> list[str]:
 
 
 def _adversarial_training(name: str) -> str:
-    match = re.search(r"-at-(.+)$", name)  # defense-none-none-at-<recipe> (record_schema.md)
+    match = re.search(r"-at-(.+)$", name)  # defense-none-none-at-<recipe> (pipeline.train_chain)
     return match[1] if match else "none"
 
 
 def record_row(record: dict, file_name: str | None = None) -> dict:
     """One record as a flat row. Records written before the schema field `defense.name` existed
-    are named by their file's stem, as the record path is (notes/record_schema.md)."""
+    are named by their file's stem, as the record path is (`results.record_path`)."""
     defense, attack = record["defense"], record["attack"]
     stem = file_name.removesuffix(".json").split("__") if file_name else None
     name = defense.get("name") or Path(defense["file"]).stem

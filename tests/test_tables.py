@@ -46,7 +46,7 @@ REQUIRED_FIGURES = (
 
 
 def make_record(defense="defense-gan-rt2-atop", attack="pgd-eot", single=0.5, **kw) -> dict:
-    """A record in the schema of notes/record_schema.md, with the fields tables read."""
+    """A record as `records.evaluate_defense` writes it, with the fields tables read."""
     lo, hi = kw.pop("interval", (single - 0.05, single + 0.05))
     return {
         "schema": 1,
