@@ -80,12 +80,23 @@ def _clean_copy(
         seed=seed,
     )
     record = {**source, "protocol": protocol, "same_as": source_path.name, "wall_s": 0.0}
-    name = source["defense"]["name"]
     out = record_path(
-        settings().results_dir, profile.name, source["dataset"], name, attack.tag(), protocol, shard
+        settings().results_dir,
+        profile.name,
+        source["dataset"],
+        source["defense"]["name"],
+        attack.tag(),
+        protocol,
+        shard,
+        _named_n(profile, n),
     )
     write_json(out, record)
     return record, out
+
+
+def _named_n(profile: Profile, n: int | None) -> int | None:
+    """The image count a record path names: none for the profile's own `n_eval`."""
+    return None if n in (None, profile.data.n_eval) else n
 
 
 def evaluate_defense(
@@ -145,6 +156,7 @@ def evaluate_defense(
         attack.tag(),
         protocol,
         shard,
+        _named_n(profile, n),
     )
     record = resume_or_start(out, header)
     if record.get("complete"):

@@ -115,9 +115,13 @@ def record_path(
     attack_tag: str,
     protocol: str,
     shard: tuple[int, int] | None = None,
+    n: int | None = None,
 ) -> Path:
-    """`<results>/<profile>/<dataset>/<defense>__<attack>__<protocol>[__shard-i-of-k].json`."""
-    suffix = f"__shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    """`<results>/<profile>/<dataset>/<defense>__<attack>__<protocol>[__n<n>][__shard-i-of-k].json`;
+    `n` names an image count other than the profile's `n_eval`, so runs at two sizes never meet
+    in one file."""
+    suffix = f"__n{n}" if n is not None else ""
+    suffix += f"__shard-{shard[0]}-of-{shard[1]}" if shard else ""
     return (
         results_dir / profile / dataset / f"{defense_name}__{attack_tag}__{protocol}{suffix}.json"
     )

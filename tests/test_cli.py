@@ -68,15 +68,19 @@ def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsy
         / "results"
         / "smoke"
         / "cifar10"
-        / "defense-ae-rt2-atop__pgd-eot-1-eot2__whole-model.json"
+        / "defense-ae-rt2-atop__pgd-eot-1-eot2__whole-model__n4.json"
     )
     record = json.loads(out.read_text())
     assert record["protocol"] == "whole-model" and record["n"] == 4 and record["draws"] == 3
     assert record["attack"]["eot"] == 2 and record["defense"]["atop"] is True
     assert len(record["per_sample"]["correct_draws"]) == 4 and record["indices"]["sha256"]
+    # the same attack on another number of images is another record, beside the first
+    assert main([*args[:-6], "--n", "2", *args[-4:]]) == 0
+    assert json.loads(out.with_name(out.name.replace("__n4", "__n2")).read_text())["n"] == 2
+    assert json.loads(out.read_text())["n"] == 4
     # without budgets on the command line, the profile's apply (smoke: 2 steps, EOT 2, 3 draws)
     assert main(["evaluate", "--profile", "smoke", "--defense", str(path), "--n", "2"]) == 0
-    out = out.with_name("defense-ae-rt2-atop__pgd-eot-2-eot2__whole-model.json")
+    out = out.with_name("defense-ae-rt2-atop__pgd-eot-2-eot2__whole-model__n2.json")
     assert json.loads(out.read_text())["draws"] == 3
     # a defense by name, in shards of a Slurm-style array, merged into one record
     home_ckpt = Path(os.environ["ATOP_HOME"]) / "checkpoints" / "smoke" / "cifar10"
@@ -91,6 +95,6 @@ def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsy
         assert main([*shard, "--shard", f"{i}/2"]) == 0
     assert main(["merge", "--profile", "smoke"]) == 0
     merged = json.loads(
-        out.with_name("defense-ae-rt2-atop__fgsm-eot2__whole-model.json").read_text()
+        out.with_name("defense-ae-rt2-atop__fgsm-eot2__whole-model__n10.json").read_text()
     )
     assert merged["n"] == 10 and merged["shards"] == 2 and merged["complete"] is True
