@@ -268,7 +268,7 @@ def pretrain_step(state: TrainState, transform: RandomTransform, cfg: PurifierCo
     disc = state.models.get("discriminator")
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
-        x = augment(x, g)
+        x = augment(x, g).contiguous(memory_format=torch.channels_last)
         purifier.train()
         copies, keep = transform(x)
         loss, out, metrics = l_df(purifier, disc, copies, keep, x, cfg.gan_weight)
@@ -295,6 +295,7 @@ def finetune_step(
     disc = state.models.get("discriminator")
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
+        x = x.contiguous(memory_format=torch.channels_last)
         x_adv = make_adversarial(x, y)
         target = x_adv if cfg.target == "adv" else x
         purifier.train()

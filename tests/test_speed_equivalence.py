@@ -1,6 +1,7 @@
 """The speed-ups `python -m bench` measures leave results unchanged: EOT draws in one pass, in
 passes of a few draws, or looped one at a time (the authors' structure) give the same gradient for
-the same transform draws, and channels_last gives the same gradient as the default layout."""
+the same transform draws, and channels_last gives the same gradient as the default layout, for
+attacks and for purifier training."""
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from atop_core.attacks.eot import pgd_linf
 from atop_core.config import TransformConfig
 from atop_core.defense import DefendedModel
 from atop_core.nets.classifiers import build_classifier
-from atop_core.nets.purifiers import PURIFIERS, build_purifier
+from atop_core.nets.purifiers import PURIFIERS, build_discriminator, build_purifier
+from atop_core.train import l_df
 from atop_core.transforms import RandomTransform, block_mask
 
 SIZE, BATCH, DRAWS = 16, 3, 4
@@ -89,6 +91,30 @@ def test_channels_last_gives_the_default_layouts_gradient(kind, work_size):
     assert weight.is_contiguous(memory_format=torch.channels_last)
     fast = eot_grad(eot_loss, model_cl, x_cl, y, DRAWS)
     torch.testing.assert_close(fast, default, rtol=RTOL, atol=ATOL)
+
+
+def _training_loss_and_grads(kind: str, channels_last: bool) -> tuple[Tensor, list[Tensor]]:
+    torch.manual_seed(0)
+    purifier = build_purifier(kind, width=4, image_size=SIZE)
+    disc = build_discriminator(width=4, image_size=SIZE) if kind == "gan" else None
+    x, _ = _inputs()
+    if channels_last:
+        purifier = purifier.to(memory_format=torch.channels_last)
+        disc = disc.to(memory_format=torch.channels_last) if disc is not None else None
+        x = x.contiguous(memory_format=torch.channels_last)
+    copies, keep = RandomTransform(TransformConfig(), seed=3)(x)
+    loss, _, _ = l_df(purifier, disc, copies, keep, x, gan_weight=1.0)
+    return loss, list(torch.autograd.grad(loss, list(purifier.parameters())))
+
+
+@pytest.mark.parametrize("kind", sorted(PURIFIERS))
+def test_channels_last_purifier_training_gives_the_default_layouts_loss_and_gradients(kind):
+    """Purifier pretraining and AToP run in channels_last (`pipeline._purifier_models`)."""
+    loss, grads = _training_loss_and_grads(kind, channels_last=False)
+    loss_cl, grads_cl = _training_loss_and_grads(kind, channels_last=True)
+    torch.testing.assert_close(loss_cl, loss, rtol=RTOL, atol=ATOL)
+    for fast, default in zip(grads_cl, grads, strict=True):
+        torch.testing.assert_close(fast, default, rtol=RTOL, atol=ATOL)
 
 
 def test_pgd_eot_attack_in_passes_matches_one_pass_for_the_same_draws():
