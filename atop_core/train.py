@@ -20,6 +20,7 @@ from atop_core.config import ClassifierConfig, FinetuneConfig, PurifierConfig
 from atop_core.io import save_torch, write_json
 from atop_core.nets.classifiers import single_view
 from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
+from atop_core.nets.purifiers import AePurifier
 from atop_core.transforms import RandomTransform
 
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, float]]
@@ -262,13 +263,20 @@ def discriminator_step(state: TrainState, real: Tensor, fake: Tensor, keep: Tens
     return loss.item()
 
 
+def purifier_layout(purifier: nn.Module) -> torch.memory_format:
+    """The memory format a purifier trains in: channels_last for the AE, whose training step ran
+    1.16x faster in it on 2 CPU cores (237 -> 205 ms at batch 128); the default for the GAN, whose
+    full pretraining step (with D's) measured between 11% slower and 6% faster in it."""
+    return torch.channels_last if isinstance(purifier, AePurifier) else torch.contiguous_format
+
+
 def pretrain_step(state: TrainState, transform: RandomTransform, cfg: PurifierConfig) -> StepFn:
     """Pretraining on clean data: g learns to undo the random transform."""
     purifier, opt = state.models["purifier"], state.optimizers["purifier"]
     disc = state.models.get("discriminator")
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
-        x = augment(x, g).contiguous(memory_format=torch.channels_last)
+        x = augment(x, g).contiguous(memory_format=purifier_layout(purifier))
         purifier.train()
         copies, keep = transform(x)
         loss, out, metrics = l_df(purifier, disc, copies, keep, x, cfg.gan_weight)
@@ -295,7 +303,7 @@ def finetune_step(
     disc = state.models.get("discriminator")
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=purifier_layout(purifier))
         x_adv = make_adversarial(x, y)
         target = x_adv if cfg.target == "adv" else x
         purifier.train()

@@ -109,7 +109,7 @@ def _training_loss_and_grads(kind: str, channels_last: bool) -> tuple[Tensor, li
 
 @pytest.mark.parametrize("kind", sorted(PURIFIERS))
 def test_channels_last_purifier_training_gives_the_default_layouts_loss_and_gradients(kind):
-    """Purifier pretraining and AToP run in channels_last (`pipeline._purifier_models`)."""
+    """The AE trains in channels_last (`train.purifier_layout`); the GAN is checked as well."""
     loss, grads = _training_loss_and_grads(kind, channels_last=False)
     loss_cl, grads_cl = _training_loss_and_grads(kind, channels_last=True)
     torch.testing.assert_close(loss_cl, loss, rtol=RTOL, atol=ATOL)
