@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from atop_core.config import EPS_LINF, PROFILES, TransformConfig
 from atop_core.defense import DefendedModel
+from atop_core.nets.purifiers import resize_to, to_work_size
 from atop_core.tables import EPS_TOL, READINGS, records_frame
 from atop_core.transforms import RandomTransform, block_mask
 
@@ -78,7 +79,8 @@ def mix_number_analysis(
 
 @dataclass(frozen=True)
 class TransformStages:
-    """One draw of x ↦ g(t(x)), stage by stage. Per-copy tensors are (K, B, ...), K copies."""
+    """One draw of x ↦ g(t(x)), stage by stage, at the purifier's working size (the input's
+    size unless the purifier has a `work_size`). Per-copy tensors are (K, B, ...), K copies."""
 
     kind: str
     input: Tensor  # (B, C, H, W)
@@ -96,6 +98,7 @@ def rt_stages(
     """Every intermediate image of one draw of `cfg`'s transform (seeded by `seed`) and the
     purifier on [0,1] images x, combined by `RandomTransform.combine`. The noisy image is the
     same draw re-made with nothing masked: the transform draws its noise before its masks."""
+    x = to_work_size(x, purifier)
     t = RandomTransform(cfg, seed)
     copies, keep = t(x)
     filled = copies if purifier is None else purifier(copies, keep)
@@ -125,11 +128,14 @@ def purify_examples(
     the transform (as the authors paired them), so their difference is the perturbation's alone.
     The defense's own transform stream is left untouched."""
     cfg = defense.transform.cfg
+    size = x.shape[-2:]
     images = {
         "clean": x,
         "adversarial": x_adv,
-        "purified clean": rt_stages(defense.purifier, cfg, x, seed).combined,
-        "purified adversarial": rt_stages(defense.purifier, cfg, x_adv, seed).combined,
+        "purified clean": resize_to(rt_stages(defense.purifier, cfg, x, seed).combined, size),
+        "purified adversarial": resize_to(
+            rt_stages(defense.purifier, cfg, x_adv, seed).combined, size
+        ),
     }
     predictions = {k: defense.classifier(v).argmax(1) for k, v in images.items()}
     return images, predictions

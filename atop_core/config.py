@@ -206,7 +206,9 @@ class PurifierConfig:
 
     kind: str = "gan"  # gan (DeepFillv2-style) | ae (U-Net autoencoder)
     width: int = 16  # base channels; DeepFillv2's cnum is 48
-    work_size: int = 0  # 0: native resolution; 256: the authors' up-sampling
+    # 0: native resolution; 256: the authors' up-sampling: t, g and L_df at that size (noise
+    # drawn per working pixel), the result shrunk back for the native-size classifier
+    work_size: int = 0
     epochs: int = 2
     batch_size: int = 128
     lr: float = 1e-3

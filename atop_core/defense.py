@@ -18,7 +18,7 @@ from atop_core.config import (
 )
 from atop_core.io import read_json, save_torch, sha256_file, write_json
 from atop_core.nets.classifiers import build_classifier
-from atop_core.nets.purifiers import build_purifier
+from atop_core.nets.purifiers import build_purifier, resize_to, to_work_size
 from atop_core.transforms import RandomTransform
 
 DEFENSE_MODES = ("eot", "vote")
@@ -65,10 +65,12 @@ class DefendedModel(nn.Module):
         return self
 
     def purify(self, x: Tensor) -> Tensor:
-        """g(t(x)) for one draw per image: the image the classifier sees."""
-        copies, keep = self.transform(x)
+        """g(t(x)) for one draw per image: the image the classifier sees. With a purifier that
+        has a `work_size`, t and g both run at that size (the authors' order) and the result
+        comes back to the size of x."""
+        copies, keep = self.transform(to_work_size(x, self.purifier))
         filled = copies if self.purifier is None else self.purifier(copies, keep)
-        return self.transform.combine(filled, keep)
+        return resize_to(self.transform.combine(filled, keep), x.shape[-2:])
 
     def draw_logits(self, x: Tensor, draws: int) -> Tensor:
         """(draws, B, classes): logits of `draws` independent transform draws, in one batch."""

@@ -174,7 +174,7 @@ def _purifier_models(profile: Profile, kind: str, data: DataBundle, device: torc
     )
     purifier = purifier.to(device, memory_format=purifier_layout(purifier))
     disc = (
-        build_discriminator(width=cfg.width, image_size=data.image_size).to(device)
+        build_discriminator(width=cfg.width, image_size=cfg.work_size or data.image_size).to(device)
         if kind == "gan"
         else None
     )

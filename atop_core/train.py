@@ -20,7 +20,7 @@ from atop_core.config import ClassifierConfig, FinetuneConfig, PurifierConfig
 from atop_core.io import save_torch, write_json
 from atop_core.nets.classifiers import single_view
 from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
-from atop_core.nets.purifiers import AePurifier
+from atop_core.nets.purifiers import AePurifier, resize_to, to_work_size
 from atop_core.transforms import RandomTransform
 
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, float]]
@@ -277,6 +277,7 @@ def pretrain_step(state: TrainState, transform: RandomTransform, cfg: PurifierCo
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
         x = augment(x, g).contiguous(memory_format=purifier_layout(purifier))
+        x = to_work_size(x, purifier)  # the loss, like t and g, works at the working size
         purifier.train()
         copies, keep = transform(x)
         loss, out, metrics = l_df(purifier, disc, copies, keep, x, cfg.gan_weight)
@@ -305,11 +306,11 @@ def finetune_step(
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
         x = x.contiguous(memory_format=purifier_layout(purifier))
         x_adv = make_adversarial(x, y)
-        target = x_adv if cfg.target == "adv" else x
+        target = to_work_size(x_adv if cfg.target == "adv" else x, purifier)
         purifier.train()
-        copies, keep = transform(x_adv)
+        copies, keep = transform(to_work_size(x_adv, purifier))
         loss, out, metrics = l_df(purifier, disc, copies, keep, target, gan_weight)
-        logits = classifier(transform.combine(out, keep))
+        logits = classifier(resize_to(transform.combine(out, keep), x.shape[-2:]))
         ce = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         (loss + cfg.lam * ce).backward()

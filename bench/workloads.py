@@ -5,8 +5,8 @@ Ours is `atop_core`'s attack as it is (attacks/eot.py `pgd_linf`: EOT draws batc
 EOT_PASS image-draws, per-sample masks, native 32 px), on a model in channels_last. The authors'
 structure is written here only, as the reference every speed-up is measured against: batches of
 8, one mask and noise per batch (per_sample=False), EOT as a Python loop of one forward and
-backward per draw (as torchattacks' EOTPGD does), and the purifier run at 256x256 (work_size=256;
-ATOP_PAPER §1.2). Weights are random: speed does not depend on them.
+backward per draw (as torchattacks' EOTPGD does), and the transform and purifier run at 256x256
+(work_size=256; ATOP_PAPER §1.2). Weights are random: speed does not depend on them.
 """
 
 import dataclasses

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from atop_core.config import ClassifierConfig, PurifierConfig, TransformConfig
 from atop_core.defense import DefendedModel, load_defense, save_defense, save_transform_variant
@@ -73,6 +74,41 @@ def test_train_mode_keeps_the_classifier_in_eval_mode():
 def test_rt3_defense_purifies_n_copies_and_combines_them():
     model = _defense(kind="rt3")
     assert model.purify(_x()).shape == (3, 3, SIZE, SIZE)
+
+
+class _PassThrough(nn.Module):
+    """A stand-in purifier that returns its input and records the size it was given."""
+
+    def __init__(self, work_size: int) -> None:
+        super().__init__()
+        self.work_size, self.sizes = work_size, []
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[-1])
+        return x
+
+
+def _noise_left(work_size: int) -> tuple[float, list[int]]:
+    """Std of what RT2's noise (σ = 0.25, nothing masked) leaves on a gray image after the
+    pass-through purifier, and the sizes the purifier saw."""
+    purifier = _PassThrough(work_size)
+    transform = RandomTransform(TransformConfig(kind="rt2", missing_rate=0.0), seed=0)
+    model = DefendedModel(build_classifier("small", 10, SIZE, width=0.25), purifier, transform)
+    gray = torch.full((4, 3, SIZE, SIZE), 0.5)
+    out = model.purify(gray)
+    assert out.shape == gray.shape
+    return (out - gray).std().item(), purifier.sizes
+
+
+def test_with_a_work_size_the_transform_runs_up_sampled_as_in_the_authors_code():
+    """Noise drawn per working pixel averages out when the result shrinks back to native size
+    (the authors' 256-px setting); drawn per native pixel it would not."""
+    native, sizes = _noise_left(0)
+    assert sizes == [SIZE] and 0.22 < native < 0.26  # σ, less a little clipping at 0 and 1
+    double, sizes = _noise_left(2 * SIZE)
+    assert sizes == [2 * SIZE] and double < 0.5 * native
+    quadruple, sizes = _noise_left(4 * SIZE)
+    assert sizes == [4 * SIZE] and quadruple < 0.7 * double
 
 
 @pytest.mark.parametrize("purifier_kind", ["ae", "gan"])

@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from atop_core.nets.gan import d_hinge_loss, discriminator_layers, g_hinge_loss
-from atop_core.nets.purifiers import PURIFIERS, build_discriminator, build_purifier
+from atop_core.nets.purifiers import (
+    PURIFIERS,
+    build_discriminator,
+    build_purifier,
+    resize_to,
+    to_work_size,
+)
 
 STAGES = {"gan": 2, "ae": 1}
 WIDTH = 8  # tiny nets keep the suite fast on two CPU cores
@@ -59,13 +65,24 @@ def test_purifier_ignores_values_under_missing_pixels(kind):
 
 
 @pytest.mark.parametrize("kind", sorted(PURIFIERS))
-def test_work_size_runs_larger_and_returns_the_input_size(kind):
+def test_a_work_size_purifier_runs_at_that_size_and_refuses_native_inputs(kind):
     torch.manual_seed(0)
-    x, keep = _batch(n=1, size=32)
     net = build_purifier(kind, width=WIDTH, image_size=32, work_size=64)
+    x, keep = _batch(n=1, size=64)
     outs = net.stages(x * keep, keep)
     assert [o.shape for o in outs] == [x.shape] * STAGES[kind]
-    assert all(o.min() >= 0 and o.max() <= 1 for o in outs)
+    small, small_keep = _batch(n=1, size=32)
+    with pytest.raises(ValueError, match=r"works at 64×64 .* got 32×32: up-sample with to_work"):
+        net(small * small_keep, small_keep)
+
+
+def test_to_work_size_resizes_only_for_a_purifier_with_a_work_size():
+    x, _ = _batch(n=1, size=32)
+    assert to_work_size(x, build_purifier("ae", width=WIDTH, image_size=32)) is x
+    assert to_work_size(x, None) is x
+    big = to_work_size(x, build_purifier("ae", width=WIDTH, image_size=32, work_size=64))
+    assert big.shape[-2:] == (64, 64) and big.min() >= 0 and big.max() <= 1
+    assert resize_to(big, (32, 32)).shape == x.shape
 
 
 def test_discriminator_gives_finite_patch_scores_with_a_gradient():

@@ -94,10 +94,10 @@ def test_classifier_training_lowers_the_loss():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def _finetune_setup(kind="gan"):
+def _finetune_setup(kind="gan", work_size=0):
     classifier = freeze(_classifier())
-    purifier = build_purifier(kind, width=4, image_size=SIZE)
-    disc = build_discriminator(width=4, image_size=SIZE) if kind == "gan" else None
+    purifier = build_purifier(kind, width=4, image_size=SIZE, work_size=work_size)
+    disc = build_discriminator(width=4, image_size=work_size or SIZE) if kind == "gan" else None
     state = purifier_state(purifier, disc, lr=1e-3, betas=(0.5, 0.999))
     transform = RandomTransform(TransformConfig(kind="rt2"), seed=0)
     cfg = FinetuneConfig(lam=1.0)
@@ -107,9 +107,10 @@ def _finetune_setup(kind="gan"):
     return classifier, purifier, step
 
 
-@pytest.mark.parametrize("kind", ["gan", "ae"])
-def test_finetuning_moves_the_purifier_and_leaves_the_classifier_bit_identical(kind):
-    classifier, purifier, step = _finetune_setup(kind)
+@pytest.mark.parametrize(("kind", "work_size"), [("gan", 0), ("ae", 0), ("gan", 2 * SIZE)])
+def test_finetuning_moves_the_purifier_and_leaves_the_classifier_bit_identical(kind, work_size):
+    """With a work_size, t, g and D run up-sampled and f sees the result at native size."""
+    classifier, purifier, step = _finetune_setup(kind, work_size)
     before_f = {k: v.clone() for k, v in classifier.state_dict().items()}
     before_g = [p.detach().clone() for p in purifier.parameters()]
     x, y = _data(8)
@@ -121,8 +122,9 @@ def test_finetuning_moves_the_purifier_and_leaves_the_classifier_bit_identical(k
     assert any(not torch.equal(a, b) for a, b in zip(before_g, purifier.parameters(), strict=True))
 
 
-def test_pretraining_lowers_the_reconstruction_loss():
-    purifier = build_purifier("ae", width=8, image_size=SIZE)
+@pytest.mark.parametrize("work_size", [0, 2 * SIZE])
+def test_pretraining_lowers_the_reconstruction_loss(work_size):
+    purifier = build_purifier("ae", width=8, image_size=SIZE, work_size=work_size)
     state = purifier_state(purifier, None, lr=2e-3, betas=(0.9, 0.999))
     step = pretrain_step(
         state, RandomTransform(TransformConfig(), seed=0), PurifierConfig(kind="ae")

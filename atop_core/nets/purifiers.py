@@ -3,8 +3,12 @@
 A purifier takes the transformed image (missing pixels zeroed) and its keep-mask, both at the
 caller's size and in [0, 1], and returns full images in [0, 1]: every stage's raw output, with no
 pasting back of known pixels, because those pixels are noisy and the authors' code classifies the
-raw stage-2 output (ATOP_PAPER §6 item 6). An optional `work_size` runs the network at a larger
-square size, as the authors' code does at 256×256.
+raw stage-2 output (ATOP_PAPER §6 item 6).
+
+An optional `work_size` runs the whole transform → purifier chain at a larger square size, as the
+authors' code does at 256×256: callers up-sample the image with `to_work_size` *before* the random
+transform (so noise is drawn per working pixel, (256/32)² draws per CIFAR pixel) and bring the
+result back with `resize_to` before the classifier. The purifier itself only runs at that size.
 """
 
 import torch.nn.functional as F
@@ -27,13 +31,24 @@ def _check_divisible(size: int, what: str) -> None:
         )
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize, antialiased so that shrinking does not alias; stays in [0, 1]."""
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize, antialiased so that shrinking does not alias; stays in [0, 1]. A no-op
+    when x already has that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp(0, 1)
+
+
+def to_work_size(x: Tensor, purifier: nn.Module | None) -> Tensor:
+    """x resized to the purifier's `work_size`, the size the transform must then run at; x itself
+    when the purifier (or a stand-in without one) works at the input's size."""
+    work_size = getattr(purifier, "work_size", 0)
+    return resize_to(x, (work_size, work_size)) if work_size else x
 
 
 class Purifier(nn.Module):
-    """Base class: resizing to `work_size` and back lives here so every purifier gets it."""
+    """Base class: the size checks every purifier needs."""
 
     def __init__(self, work_size: int = 0) -> None:
         super().__init__()
@@ -48,15 +63,16 @@ class Purifier(nn.Module):
     def stages(self, x: Tensor, keep: Tensor) -> list[Tensor]:
         """Every stage's full output (N, 3, H, W) in [0, 1]. x: (N, 3, H, W) in [0, 1] with missing
         pixels zeroed; keep: (N, 1, H, W), 1 = kept, 0 = missing."""
-        size = (x.shape[-2], x.shape[-1])
-        work = (self.work_size, self.work_size) if self.work_size else size
-        if work == size:
-            _check_divisible(size[0], "image height")
-            _check_divisible(size[1], "image width")
-            return self.native_stages(x, keep)
-        x = _resize(x, work)
-        keep = F.interpolate(keep, size=work, mode="nearest")
-        return [_resize(out, size).clamp(0, 1) for out in self.native_stages(x, keep)]
+        height, width = x.shape[-2], x.shape[-1]
+        if self.work_size and (height, width) != (self.work_size, self.work_size):
+            raise ValueError(
+                f"this purifier works at {self.work_size}×{self.work_size} (work_size) but got "
+                f"{height}×{width}: up-sample with to_work_size(x, purifier) before the random "
+                "transform, as DefendedModel and the training steps do"
+            )
+        _check_divisible(height, "image height")
+        _check_divisible(width, "image width")
+        return self.native_stages(x, keep)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         """The last stage's output, the purified image."""
@@ -97,7 +113,7 @@ def _check_width(width: int) -> None:
 
 def build_purifier(kind: str, *, width: int, image_size: int, work_size: int = 0) -> Purifier:
     """A fresh purifier of `kind` (see PURIFIERS) for square images of side `image_size`;
-    `work_size` > 0 runs it at that size (the paper's code: 256)."""
+    `work_size` > 0 runs it at that size (the paper's code: 256; see the module docstring)."""
     builder = PURIFIERS.get_entry(kind)
     _check_width(width)
     _check_divisible(work_size or image_size, "work_size" if work_size else "image_size")
