@@ -105,6 +105,22 @@ def test_baseline_sidecar_records_the_recipe_that_trained_it(tiny_profile):
     assert baseline["classifier"]["adv"] == "fgsm-rs" and baseline["classifier"]["epochs"] == 1
 
 
+def test_a_chain_at_a_work_size_trains_and_reloads_at_that_size(tiny_profile):
+    """The authors' up-sampling option end to end: the GAN (and its D) train at 64 px on 32-px
+    images, and the reloaded defense runs at 64 px (its purifier refuses 32-px inputs)."""
+    profile = with_fields(
+        tiny_profile,
+        purifier=with_fields(tiny_profile.purifier, work_size=64),
+        purifiers=("gan",),
+        transforms=("rt2",),
+        baselines=(),
+    )
+    pipeline.train_chain(profile, "cifar10", torch.device("cpu"))
+    model = load_defense(pipeline.defense_path(profile, "cifar10", "gan", "rt2", True), "cpu")
+    assert model.purifier.work_size == 64 and model.meta["purifier"]["work_size"] == 64
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_checkpoint_names_tell_a_shrunk_dataset_from_the_native_one():
     def bundle(name, size):
         return pipeline.DataBundle(name, None, None, 10, size)
