@@ -1,8 +1,8 @@
 """baseline: the same PGD-EOT the authors' way (batches of 8, one mask per batch, EOT as a Python
-loop, the purifier at 256x256), at 256 px and at native 32 px, timed in interleaved rounds with
-ours, so the speed-up splits into the effect of resolution (theirs at 32 vs theirs at 256) and of
-engineering (ours vs theirs, both at 32) under the same load. With `eval` in the same invocation,
-eval's rows get `ratio_vs_baseline` (`link`)."""
+loop, transform and purifier at 256x256), at 256 px and at native 32 px, timed in interleaved
+rounds with ours, so the speed-up splits into the effect of resolution (theirs at 32 vs theirs at
+256) and of engineering (ours vs theirs, both at 32) under the same load. With `eval` in the same
+invocation, eval's rows get `ratio_vs_baseline` (`link`)."""
 
 import torch
 
