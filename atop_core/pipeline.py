@@ -33,10 +33,9 @@ from atop_core.train import (
     classifier_state,
     classifier_step,
     epoch_batches,
-    fgsm,
+    finetune_inputs,
     finetune_step,
     fit,
-    pgd,
     pretrain_step,
     purifier_layout,
     purifier_state,
@@ -299,11 +298,11 @@ def get_finetuned(
         else DefendedModel(classifier, purifier, RandomTransform(t_cfg, seed=cfg.seed + 3))
     )
 
+    craft = finetune_inputs(cfg, attack_model)
+
     def make_adversarial(x: Tensor, y: Tensor) -> Tensor:
         purifier.eval()
-        if cfg.attack == "fgsm":
-            return fgsm(attack_model, x, y, cfg.eps)
-        return pgd(attack_model, x, y, cfg.eps, cfg.steps)
+        return craft(x, y)
 
     train = data.train_subset(cfg.train_subset, cfg.seed)
     step = finetune_step(state, transform, classifier, cfg, p_cfg.gan_weight, make_adversarial)

@@ -323,6 +323,16 @@ def finetune_step(
     return step
 
 
+def finetune_inputs(cfg: FinetuneConfig, model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    """The images x' AToP fine-tunes on, crafted against `model` (the bare classifier in the
+    authors' code): FGSM, PGD-k, or with attack "none" the clean images themselves."""
+    if cfg.attack == "fgsm":
+        return lambda x, y: fgsm(model, x, y, cfg.eps)
+    if cfg.attack == "pgd":
+        return lambda x, y: pgd(model, x, y, cfg.eps, cfg.steps)
+    return lambda x, y: x
+
+
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
     """One signed-gradient step of size ε on `model` (Goodfellow et al. 2015); the paper's
     fine-tuning attack, computed on the bare classifier in the authors' code."""

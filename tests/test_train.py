@@ -16,6 +16,7 @@ from atop_core.train import (
     classifier_step,
     epoch_batches,
     fgsm,
+    finetune_inputs,
     finetune_step,
     fit,
     pgd,
@@ -179,8 +180,20 @@ def test_fit_writes_a_per_epoch_json_log(tmp_path):
     assert '"epoch": 2' in log and '"loss"' in log and '"train_s"' in log
 
 
+def test_finetune_inputs_are_the_configured_attack_or_the_clean_images():
+    """attack "none" is the authors' `*-clean` control: L_df and CE see the clean image."""
+    model, (x, y) = _classifier(), _data(4)
+    x = x.float() / 255
+    assert torch.equal(finetune_inputs(FinetuneConfig(attack="none"), model)(x, y), x)
+    fgsm_cfg = FinetuneConfig()
+    assert torch.equal(finetune_inputs(fgsm_cfg, model)(x, y), fgsm(model, x, y, fgsm_cfg.eps))
+    torch.manual_seed(0)
+    adv = finetune_inputs(FinetuneConfig(attack="pgd", steps=3), model)(x, y)
+    assert 0 < (adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
 def test_finetune_config_refuses_unknown_choices():
-    with pytest.raises(ValueError, match="unknown finetune attack 'cw'; known: fgsm, pgd"):
+    with pytest.raises(ValueError, match="unknown finetune attack 'cw'; known: fgsm, pgd, none"):
         FinetuneConfig(attack="cw")
     with pytest.raises(ValueError, match="unknown reconstruction target 'both'"):
         dataclasses.replace(FinetuneConfig(), target="both")
