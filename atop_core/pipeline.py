@@ -39,6 +39,7 @@ from atop_core.train import (
     pretrain_step,
     purifier_layout,
     purifier_state,
+    step_seed,
 )
 from atop_core.transforms import RandomTransform
 
@@ -300,9 +301,11 @@ def get_finetuned(
 
     craft = finetune_inputs(cfg, attack_model)
 
-    def make_adversarial(x: Tensor, y: Tensor) -> Tensor:
+    def make_adversarial(x: Tensor, y: Tensor, g: torch.Generator) -> Tensor:
         purifier.eval()
-        return craft(x, y)
+        if isinstance(attack_model, DefendedModel):
+            attack_model.transform.seed(step_seed(g))
+        return craft(x, y, g)
 
     train = data.train_subset(cfg.train_subset, cfg.seed)
     step = finetune_step(state, transform, classifier, cfg, p_cfg.gan_weight, make_adversarial)

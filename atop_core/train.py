@@ -24,6 +24,7 @@ from atop_core.nets.purifiers import AePurifier, resize_to, to_work_size
 from atop_core.transforms import RandomTransform
 
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, float]]
+CraftFn = Callable[[Tensor, Tensor, torch.Generator], Tensor]  # (x, y, step generator) -> x'
 EvalFn = Callable[[], dict[str, float]]
 
 
@@ -64,6 +65,12 @@ def _generator(*keys: int) -> torch.Generator:
     for k in keys:
         seed = (seed * 1_000_003 + k) % (2**63)
     return torch.Generator().manual_seed(seed)
+
+
+def step_seed(g: torch.Generator) -> int:
+    """A seed drawn from a step's generator: a stage reseeds its random transforms with it each
+    step, so their draws, too, depend only on (seed, epoch, step) and resume exactly."""
+    return int(torch.randint(0, 2**62, (1,), generator=g))
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
@@ -279,6 +286,7 @@ def pretrain_step(state: TrainState, transform: RandomTransform, cfg: PurifierCo
         x = augment(x, g).contiguous(memory_format=purifier_layout(purifier))
         x = to_work_size(x, purifier)  # the loss, like t and g, works at the working size
         purifier.train()
+        transform.seed(step_seed(g))
         copies, keep = transform(x)
         loss, out, metrics = l_df(purifier, disc, copies, keep, x, cfg.gan_weight)
         opt.zero_grad(set_to_none=True)
@@ -297,7 +305,7 @@ def finetune_step(
     classifier: nn.Module,
     cfg: FinetuneConfig,
     gan_weight: float,
-    make_adversarial: Callable[[Tensor, Tensor], Tensor],
+    make_adversarial: CraftFn,
 ) -> StepFn:
     """AToP: L_df(x') + λ·CE(y, f(g(t(x')))); f is frozen, so only g (and D) move."""
     purifier, opt = state.models["purifier"], state.optimizers["purifier"]
@@ -305,9 +313,10 @@ def finetune_step(
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
         x = x.contiguous(memory_format=purifier_layout(purifier))
-        x_adv = make_adversarial(x, y)
+        x_adv = make_adversarial(x, y, g)
         target = to_work_size(x_adv if cfg.target == "adv" else x, purifier)
         purifier.train()
+        transform.seed(step_seed(g))
         copies, keep = transform(to_work_size(x_adv, purifier))
         loss, out, metrics = l_df(purifier, disc, copies, keep, target, gan_weight)
         logits = classifier(resize_to(transform.combine(out, keep), x.shape[-2:]))
@@ -323,14 +332,15 @@ def finetune_step(
     return step
 
 
-def finetune_inputs(cfg: FinetuneConfig, model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+def finetune_inputs(cfg: FinetuneConfig, model: nn.Module) -> CraftFn:
     """The images x' AToP fine-tunes on, crafted against `model` (the bare classifier in the
-    authors' code): FGSM, PGD-k, or with attack "none" the clean images themselves."""
+    authors' code): FGSM, PGD-k (its random start from the step's generator), or with attack
+    "none" the clean images themselves."""
     if cfg.attack == "fgsm":
-        return lambda x, y: fgsm(model, x, y, cfg.eps)
+        return lambda x, y, g: fgsm(model, x, y, cfg.eps)
     if cfg.attack == "pgd":
-        return lambda x, y: pgd(model, x, y, cfg.eps, cfg.steps)
-    return lambda x, y: x
+        return lambda x, y, g: pgd(model, x, y, cfg.eps, cfg.steps, g)
+    return lambda x, y, g: x
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:

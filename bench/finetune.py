@@ -36,7 +36,7 @@ def finetune_runner(a: str, kind: str, channels_last: bool, device: torch.device
     state = purifier_state(purifier, disc, cfg.lr, p_cfg.betas)
     transform = RandomTransform(dataclasses.replace(profile.transform, kind="rt2"), seed)
 
-    def make_adversarial(x, y):
+    def make_adversarial(x, y, g):
         purifier.eval()
         return fgsm(classifier, x, y, cfg.eps)
 

@@ -83,7 +83,7 @@ def quick_profile_stages(kind: str = "gan") -> dict[str, Callable[[], None]]:
     def finetune() -> None:
         cfg, state, f = p.finetune, held["state"], held["classifier"]
         transform = RandomTransform(dataclasses.replace(p.transform, kind="rt2"))
-        adv = lambda x, y: fgsm(f, x, y, cfg.eps)  # noqa: E731
+        adv = lambda x, y, g: fgsm(f, x, y, cfg.eps)  # noqa: E731
         step = finetune_step(state, transform, f, cfg, p.purifier.gan_weight, adv)
         step(*batch(cfg.batch_size), g)
 

@@ -103,7 +103,7 @@ def _finetune_setup(kind="gan", work_size=0):
     transform = RandomTransform(TransformConfig(kind="rt2"), seed=0)
     cfg = FinetuneConfig(lam=1.0)
     step = finetune_step(
-        state, transform, classifier, cfg, 1.0, lambda x, y: fgsm(classifier, x, y, cfg.eps)
+        state, transform, classifier, cfg, 1.0, lambda x, y, g: fgsm(classifier, x, y, cfg.eps)
     )
     return classifier, purifier, step
 
@@ -174,6 +174,54 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
         assert torch.equal(a, b)
 
 
+def _purifier_fit_run(tmp_path, name, stage, crash_at=None):
+    """Two epochs of a purifier stage whose transform and PGD start draw their randomness."""
+    classifier, (x, y) = freeze(_classifier()), _data(24)
+    torch.manual_seed(0)
+    purifier = build_purifier("ae", width=4, image_size=SIZE)
+    state = purifier_state(purifier, None, lr=1e-3, betas=(0.9, 0.999))
+    transform = RandomTransform(TransformConfig(kind="rt2"), seed=0)
+    if stage == "pretrain":
+        step = pretrain_step(state, transform, PurifierConfig(kind="ae"))
+    else:
+        cfg = FinetuneConfig(attack="pgd", steps=2)
+        craft = finetune_inputs(cfg, classifier)
+        step = finetune_step(state, transform, classifier, cfg, 0.0, craft)
+    calls = {"n": 0}
+
+    def maybe_crash(*args):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt
+        return step(*args)
+
+    fit(
+        "p",
+        state,
+        maybe_crash,
+        x,
+        y,
+        epochs=2,
+        batch_size=8,
+        seed=0,
+        ckpt_path=tmp_path / f"{name}.pt",
+        device=torch.device("cpu"),
+        save_every_s=0.0,
+    )
+    return purifier
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_a_resumed_purifier_stage_draws_what_an_uninterrupted_one_draws(tmp_path, stage):
+    """The transform's noise and masks and PGD's start follow (seed, epoch, step), not the run."""
+    reference = _purifier_fit_run(tmp_path, "whole", stage)
+    with pytest.raises(KeyboardInterrupt):
+        _purifier_fit_run(tmp_path, "killed", stage, crash_at=5)  # mid second epoch
+    resumed = _purifier_fit_run(tmp_path, "killed", stage)
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_fit_writes_a_per_epoch_json_log(tmp_path):
     _fit_run(tmp_path, "logged")
     log = (tmp_path / "logged.log.json").read_text()
@@ -184,12 +232,15 @@ def test_finetune_inputs_are_the_configured_attack_or_the_clean_images():
     """attack "none" is the authors' `*-clean` control: L_df and CE see the clean image."""
     model, (x, y) = _classifier(), _data(4)
     x = x.float() / 255
-    assert torch.equal(finetune_inputs(FinetuneConfig(attack="none"), model)(x, y), x)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(finetune_inputs(FinetuneConfig(attack="none"), model)(x, y, g), x)
     fgsm_cfg = FinetuneConfig()
-    assert torch.equal(finetune_inputs(fgsm_cfg, model)(x, y), fgsm(model, x, y, fgsm_cfg.eps))
-    torch.manual_seed(0)
-    adv = finetune_inputs(FinetuneConfig(attack="pgd", steps=3), model)(x, y)
+    assert torch.equal(finetune_inputs(fgsm_cfg, model)(x, y, g), fgsm(model, x, y, fgsm_cfg.eps))
+    pgd_inputs = finetune_inputs(FinetuneConfig(attack="pgd", steps=3), model)
+    adv = pgd_inputs(x, y, torch.Generator().manual_seed(1))
     assert 0 < (adv - x).abs().max() <= 8 / 255 + 1e-6
+    torch.manual_seed(123)  # the random start comes from the step's generator, not the global one
+    assert torch.equal(pgd_inputs(x, y, torch.Generator().manual_seed(1)), adv)
 
 
 def test_finetune_config_refuses_unknown_choices():
