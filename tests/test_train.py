@@ -136,11 +136,10 @@ def test_pretraining_lowers_the_reconstruction_loss(work_size):
     assert l1[-1] < 0.7 * l1[0]
 
 
-def _fit_run(tmp_path, name, crash_at=None):
-    model, (x, y) = _classifier(), _data(24)
-    cfg = ClassifierConfig(epochs=2, batch_size=8, lr=0.05)
-    state = classifier_state(model, cfg, steps_per_epoch=3)
-    step, calls = classifier_step(state, cfg), {"n": 0}
+def _fit_two_epochs(tmp_path, name, state, step, crash_at=None):
+    """`fit` over 24 fixed images for two epochs; raises KeyboardInterrupt at call `crash_at`."""
+    x, y = _data(24)
+    calls = {"n": 0}
 
     def maybe_crash(*args):
         calls["n"] += 1
@@ -161,7 +160,13 @@ def _fit_run(tmp_path, name, crash_at=None):
         device=torch.device("cpu"),
         save_every_s=0.0,
     )
-    return model, state
+    return state
+
+
+def _fit_run(tmp_path, name, crash_at=None):
+    model, cfg = _classifier(), ClassifierConfig(epochs=2, batch_size=8, lr=0.05)
+    state = classifier_state(model, cfg, steps_per_epoch=3)
+    return model, _fit_two_epochs(tmp_path, name, state, classifier_step(state, cfg), crash_at)
 
 
 def test_killed_training_resumes_to_identical_weights(tmp_path):
@@ -176,7 +181,7 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
 
 def _purifier_fit_run(tmp_path, name, stage, crash_at=None):
     """Two epochs of a purifier stage whose transform and PGD start draw their randomness."""
-    classifier, (x, y) = freeze(_classifier()), _data(24)
+    classifier = freeze(_classifier())
     torch.manual_seed(0)
     purifier = build_purifier("ae", width=4, image_size=SIZE)
     state = purifier_state(purifier, None, lr=1e-3, betas=(0.9, 0.999))
@@ -187,27 +192,7 @@ def _purifier_fit_run(tmp_path, name, stage, crash_at=None):
         cfg = FinetuneConfig(attack="pgd", steps=2)
         craft = finetune_inputs(cfg, classifier)
         step = finetune_step(state, transform, classifier, cfg, 0.0, craft)
-    calls = {"n": 0}
-
-    def maybe_crash(*args):
-        calls["n"] += 1
-        if calls["n"] == crash_at:
-            raise KeyboardInterrupt
-        return step(*args)
-
-    fit(
-        "p",
-        state,
-        maybe_crash,
-        x,
-        y,
-        epochs=2,
-        batch_size=8,
-        seed=0,
-        ckpt_path=tmp_path / f"{name}.pt",
-        device=torch.device("cpu"),
-        save_every_s=0.0,
-    )
+    _fit_two_epochs(tmp_path, name, state, step, crash_at)
     return purifier
 
 
