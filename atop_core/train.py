@@ -313,11 +313,11 @@ def finetune_step(
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
         x = x.contiguous(memory_format=purifier_layout(purifier))
-        x_adv = make_adversarial(x, y, g)
-        target = to_work_size(x_adv if cfg.target == "adv" else x, purifier)
+        x_adv = to_work_size(make_adversarial(x, y, g), purifier)
+        target = x_adv if cfg.target == "adv" else to_work_size(x, purifier)
         purifier.train()
         transform.seed(step_seed(g))
-        copies, keep = transform(to_work_size(x_adv, purifier))
+        copies, keep = transform(x_adv)
         loss, out, metrics = l_df(purifier, disc, copies, keep, target, gan_weight)
         logits = classifier(resize_to(transform.combine(out, keep), x.shape[-2:]))
         ce = F.cross_entropy(logits, y)

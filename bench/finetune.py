@@ -9,7 +9,7 @@ import torch
 
 from atop_core.config import get_profile
 from atop_core.nets.purifiers import build_discriminator, build_purifier
-from atop_core.train import fgsm, finetune_step, purifier_state
+from atop_core.train import finetune_inputs, finetune_step, purifier_state
 from atop_core.transforms import RandomTransform
 from bench.evaluation import GFLOP
 from bench.harness import count_flops, time_interleaved
@@ -36,9 +36,11 @@ def finetune_runner(a: str, kind: str, channels_last: bool, device: torch.device
     state = purifier_state(purifier, disc, cfg.lr, p_cfg.betas)
     transform = RandomTransform(dataclasses.replace(profile.transform, kind="rt2"), seed)
 
+    craft = finetune_inputs(cfg, classifier)
+
     def make_adversarial(x, y, g):
         purifier.eval()
-        return fgsm(classifier, x, y, cfg.eps)
+        return craft(x, y, g)
 
     step = finetune_step(state, transform, classifier, cfg, p_cfg.gan_weight, make_adversarial)
     batch = cfg.batch_size

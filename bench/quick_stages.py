@@ -18,7 +18,7 @@ from atop_core.nets.purifiers import build_discriminator, build_purifier
 from atop_core.train import (
     classifier_state,
     classifier_step,
-    fgsm,
+    finetune_inputs,
     finetune_step,
     pretrain_step,
     purifier_state,
@@ -83,7 +83,7 @@ def quick_profile_stages(kind: str = "gan") -> dict[str, Callable[[], None]]:
     def finetune() -> None:
         cfg, state, f = p.finetune, held["state"], held["classifier"]
         transform = RandomTransform(dataclasses.replace(p.transform, kind="rt2"))
-        adv = lambda x, y, g: fgsm(f, x, y, cfg.eps)  # noqa: E731
+        adv = finetune_inputs(cfg, f)
         step = finetune_step(state, transform, f, cfg, p.purifier.gan_weight, adv)
         step(*batch(cfg.batch_size), g)
 
