@@ -278,6 +278,7 @@ class EvalConfig:
     sanity_n: int = 128  # images the gradient-masking sanity checks rerun attacks on
     square_queries: int = 1000  # Square's budget in the white-box-vs-black-box sanity check
     step_cap: int = 0  # reduced profiles cap attack steps (PGD-1000 runs as PGD-cap); 0: none
+    eot_cap: int = 0  # and EOT draws (a table's EOT 10 runs as EOT-cap); 0: none
     n_table: int = 0  # images per paper-table cell (their own fixed, seeded list); 0: n_eval
 
     def __post_init__(self) -> None:
@@ -287,14 +288,18 @@ class EvalConfig:
             f"{self.steps}, {self.eot}, {self.draws}, {self.batch_size}, {self.square_queries}",
         )
         _require(
-            min(self.sanity_n, self.step_cap, self.n_table) >= 0,
-            "sanity_n, step_cap and n_table must be >= 0 (0: off / no cap / all), got "
-            f"{self.sanity_n}, {self.step_cap}, {self.n_table}",
+            min(self.sanity_n, self.step_cap, self.eot_cap, self.n_table) >= 0,
+            "sanity_n, step_cap, eot_cap and n_table must be >= 0 (0: off / no cap / all), got "
+            f"{self.sanity_n}, {self.step_cap}, {self.eot_cap}, {self.n_table}",
         )
 
     def scale_steps(self, steps: int) -> int:
         """The steps an attack of the paper's `steps` runs with at this profile."""
         return min(steps, self.step_cap) if self.step_cap else steps
+
+    def scale_eot(self, eot: int) -> int:
+        """The EOT draws an attack of the paper's `eot` runs with at this profile."""
+        return min(eot, self.eot_cap) if self.eot_cap else eot
 
 
 @dataclass(frozen=True)
@@ -339,7 +344,15 @@ SMOKE = Profile(
     purifier=PurifierConfig(width=8, epochs=1, batch_size=32, train_subset=128),
     finetune=FinetuneConfig(epochs=1, batch_size=32, train_subset=64),
     evaluation=EvalConfig(
-        steps=2, eot=2, draws=3, batch_size=8, sanity_n=8, square_queries=20, step_cap=2, n_table=8
+        steps=2,
+        eot=2,
+        draws=3,
+        batch_size=8,
+        sanity_n=8,
+        square_queries=20,
+        step_cap=2,
+        eot_cap=2,
+        n_table=8,
     ),
 )
 QUICK = Profile(
@@ -361,6 +374,7 @@ QUICK = Profile(
         sanity_n=8,  # the checks rerun attacks (Square included): cheap, coarse verdicts
         square_queries=50,
         step_cap=20,  # PGD-1000 and CW-100 run as 20 steps here; tables say what ran
+        eot_cap=4,  # the rebuttal's BPDA+EOT with EOT 10 runs with the profile's EOT 4
         n_table=32,  # per attacked table cell: 32 fixed test images (clean accuracy: all 512)
     ),
 )

@@ -47,6 +47,9 @@ PROTOCOL_ATTACKS = {  # the whole model is random: its attacks average gradients
 }
 EOT_ATTACKS = ("pgd-eot", "bpda-eot", "eot-pgd", "apgd", "apgd-l2", "autoattack-rand")
 EOT_ATTACKS += ("autoattack-rand-l2",)  # those that average gradients over transform draws
+# and the unseen threat models, whose forward averages logits over the draws (C&W stays at one
+# draw per step: at EOT 4 it would cost the quick ablation minutes; README labels its cells weak)
+EOT_ATTACKS += ("pgd-l2", "stadv")
 # The ablation tables' columns (ATOP_PAPER §3.2) at the paper's budgets: (column, attack, steps).
 ABLATION = (
     ("clean", "clean", 1),
@@ -59,6 +62,7 @@ ABLATION = (
 )
 # Seen (the L∞ budget AT trained on) and unseen threat models (DESIGN §4: L2 0.5, StAdv 0.05).
 GENERALIZATION = (("linf", "pgd", 20), ("l2", "pgd-l2", 20), ("stadv", "stadv", 20))
+STANDARD_CASE_ATTACKS = ("autoattack", "autoattack-rand")
 EPS_SWEEP = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
 
 
@@ -107,11 +111,14 @@ def attack(profile: Profile, name: str, protocol: str, steps: int = 1, **kw) -> 
     return configure(profile, PROTOCOL_ATTACKS[protocol].get(name, name), protocol, steps, **kw)
 
 
-def configure(profile: Profile, name: str, protocol: str, steps: int = 1, **kw) -> AttackConfig:
-    """Attack `name` at the profile's budgets: steps (and Square's queries) capped at reduced
-    profiles; EOT draws for attacks on the whole, random model."""
+def configure(
+    profile: Profile, name: str, protocol: str, steps: int = 1, eot: int | None = None, **kw
+) -> AttackConfig:
+    """Attack `name` at the profile's budgets: steps, EOT draws (`eot`, default the profile's)
+    and Square's queries capped at reduced profiles; EOT only for attacks on the whole, random
+    model."""
     ev = profile.evaluation
-    eot = ev.eot if protocol == "whole-model" and name in EOT_ATTACKS else 1
+    eot = ev.scale_eot(eot or ev.eot) if protocol == "whole-model" and name in EOT_ATTACKS else 1
     if ev.step_cap and "queries" in ATTACKS.get_entry(name).defaults:  # Square's, capped alike
         kw.setdefault("queries", ev.square_queries)
     return AttackConfig(name=name, steps=ev.scale_steps(steps), eot=eot, seed=1, **kw)
@@ -182,6 +189,25 @@ def adaptive_suite(profile: Profile, protocol: str = "whole-model") -> list[Atta
     return [attack(profile, "pgd", protocol, steps), attack(profile, "bpda-eot", protocol, steps)]
 
 
+def preliminary_pgd_eot(profile: Profile) -> AttackConfig:
+    """The rebuttal's first PGD+EOT table's attack: 10 steps, EOT 10, the purifier skipped in
+    the gradient (BPDA+EOT here), EOT capped at reduced profiles."""
+    return configure(profile, "bpda-eot", "whole-model", 10, eot=10)
+
+
+def standard_case_suite(profile: Profile) -> list[AttackConfig]:
+    """The rebuttal's standard case: AutoAttack standard and rand on the whole model, at the
+    profile's steps (the registry suite's records where they exist)."""
+    steps = profile.evaluation.steps
+    return [configure(profile, name, "whole-model", steps) for name in STANDARD_CASE_ATTACKS]
+
+
+def calibration_suite(profile: Profile) -> list[AttackConfig]:
+    """The authors' training-log attacks on the bare classifier that the ablation lacks: BIM-10
+    and EOTPGD-10 (their 2 draws of a deterministic classifier are one: ours runs 1)."""
+    return [configure(profile, name, "classifier-only", 10) for name in ("bim", "eot-pgd")]
+
+
 def registry_suite(profile: Profile) -> list[AttackConfig]:
     """Every attack in the registry once, at the profile's steps (whole-model protocol)."""
     steps = profile.evaluation.steps
@@ -207,6 +233,11 @@ def ablation_defenses(run: Run, purifier: str) -> list[str]:
 
 
 FIXED_MASK = "-fixed-mask"  # the defense-name suffix the reference's random-vs-fixed table selects
+
+
+def standard_case_defenses(run: Run, transform: str = "rt2") -> list[str]:
+    """Every purifier of the profile without and with AToP (the standard-case table's rows)."""
+    return [run.defense(p, transform, atop) for p in run.profile.purifiers for atop in (0, 1)]
 
 
 def fixed_mask_defenses(run: Run, purifier: str, transform: str = "rt2") -> list[str]:

@@ -182,7 +182,8 @@ def scale_statement(profile: str) -> str:
     if profile not in PROFILES:
         return f"Profile {profile!r} is not a known profile: its scale is not described."
     p, e = PROFILES[profile], PROFILES[profile].evaluation
-    cap = f" every attack capped at {e.step_cap} steps (a PGD-1000 column ran PGD-{e.step_cap});"
+    cap = f" every attack capped at {e.step_cap} steps (a PGD-1000 column ran PGD-{e.step_cap})"
+    cap += f" and EOT {e.eot_cap} (an EOT-10 column ran EOT {e.eot_cap});" if e.eot_cap else ";"
     table_n = f" {e.n_table} images per attacked table cell;" if e.n_table else ""
     return (
         f"{SCALE_LEADS.get(profile, '')} Scale: {p.data.n_eval} test images per dataset "

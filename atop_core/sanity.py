@@ -2,10 +2,11 @@
 
 After Carlini et al., "On Evaluating Adversarial Robustness" (2019): on the first `n` evaluation
 images, rerun the attack with a huge budget (accuracy must collapse), with twice the steps and
-EOT draws (accuracy must not rise beyond the interval), as a transfer attack from the bare
-classifier and as Square, a black-box attack (neither may beat the white-box attack beyond the
-interval), and against the bare classifier (which must fall to about 0). A failed check marks
-the record `unreliable`; a check that does not apply says why instead of passing.
+EOT draws (accuracy must not rise beyond the interval; StAdv gets this one of the two), as a
+transfer attack from the bare classifier and as Square, a black-box attack (neither may beat the
+white-box attack beyond the interval), and against the bare classifier (which must fall to about
+0). A failed check marks the record `unreliable`; a check that does not apply says why instead
+of passing.
 """
 
 import dataclasses
@@ -21,6 +22,9 @@ from atop_core.results import wilson_interval
 NEAR_ZERO = 0.10  # "accuracy near 0": at most this fraction survives a huge budget
 LARGE_EPS_FACTOR = 16  # the huge budget: 16 × ε (8/255 -> 0.5 in L∞, capped at 1; 0.5 -> 8 in L2)
 ITERATIVE = ("bim", "pgd", "pgd-l2", "eot-pgd", "apgd", "apgd-l2", "pgd-eot", "bpda-eot")
+# StAdv's Adam steps move the flow by about lr each, so a 16× bound is out of its reach in the
+# same steps: it gets the more-budget check only (twice the steps and EOT draws).
+MORE_BUDGET_ONLY = ("stadv",)
 NORM_BOUNDED = ("fgsm", *ITERATIVE, "autoattack", "autoattack-rand", "autoattack-l2")
 NORM_BOUNDED += ("autoattack-rand-l2",)
 # Attacks strong enough to break an undefended classifier outright (FGSM is not: one step).
@@ -69,6 +73,13 @@ def sanity_checks(
         cfg = dataclasses.replace(attack, eps=huge, alpha=None)  # alpha follows the new eps
         acc = _accuracy(defense, cfg, data, protocol, **kw)
         checks["large_eps"] = {"passed": acc <= NEAR_ZERO, "accuracy": acc, "eps": huge}
+    elif name in MORE_BUDGET_ONLY:
+        reason = f"{name}'s steps cannot reach 16x its bound"
+        checks["large_eps"] = {"passed": None, "reason": reason}
+    else:
+        reason = f"{name} is not an iterative gradient attack"
+        checks["large_eps"] = checks["more_budget"] = {"passed": None, "reason": reason}
+    if name in (*ITERATIVE, *MORE_BUDGET_ONLY):
         more = dataclasses.replace(attack, steps=attack.steps * 2, eot=attack.eot * 2)
         acc = _accuracy(defense, more, data, protocol, **kw)
         checks["more_budget"] = {
@@ -78,9 +89,6 @@ def sanity_checks(
             "steps": more.steps,
             "eot": more.eot,
         }
-    else:
-        reason = f"{name} is not an iterative gradient attack"
-        checks["large_eps"] = checks["more_budget"] = {"passed": None, "reason": reason}
 
     if name in NORM_BOUNDED and protocol == "whole-model" and isinstance(defense, DefendedModel):
         acc = _accuracy(defense, attack, data, "classifier-only", **kw)

@@ -176,8 +176,12 @@ def selector(parts: list[Mapping], profile: str) -> dict:
     sel.pop("defense_suffix", None)
     for field in ("steps", "eot"):
         sel[field] = _budget(sel.get(field), profile, field)
-    if isinstance(sel["steps"], int) and profile in PROFILES:  # reduced profiles cap the steps
-        sel["steps"] = PROFILES[profile].evaluation.scale_steps(sel["steps"])
+    if profile in PROFILES:  # reduced profiles cap the steps and EOT draws
+        ev = PROFILES[profile].evaluation
+        if isinstance(sel["steps"], int):
+            sel["steps"] = ev.scale_steps(sel["steps"])
+        if isinstance(sel["eot"], int):
+            sel["eot"] = ev.scale_eot(sel["eot"])
     return sel
 
 

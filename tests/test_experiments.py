@@ -29,6 +29,9 @@ def test_reduced_profiles_cap_the_papers_budgets_and_name_what_ran():
     assert not any(tag.startswith("autoattack") for tag in quick)  # hours on 2 CPU cores
     paper = {cfg.tag() for cfg in ex.ablation_suite(get_profile("paper"), "classifier-only")}
     assert {"pgd-10", "pgd-1000", "cw-l2-100", "autoattack", "fgsm", "clean"} <= paper
+    # the rebuttal's BPDA+EOT with EOT 10: capped at the quick profile's EOT 4, whole at paper's
+    assert ex.preliminary_pgd_eot(get_profile("quick")).tag() == "bpda-eot-10-eot4"
+    assert ex.preliminary_pgd_eot(get_profile("paper")).tag() == "bpda-eot-10-eot10"
 
 
 def test_the_whole_model_protocol_attacks_with_eot_and_the_classifier_only_without():
@@ -39,6 +42,13 @@ def test_the_whole_model_protocol_attacks_with_eot_and_the_classifier_only_witho
     paper = get_profile("paper")
     paper_whole = {c.name: c.eot for c in ex.ablation_suite(paper, "whole-model")}
     assert paper_whole["autoattack-rand"] == paper.evaluation.eot
+
+
+def test_the_unseen_threat_models_attack_the_random_model_with_eot():
+    """The generalization table's L2 and StAdv columns ran with one draw per step before."""
+    quick = get_profile("quick")
+    eots = {c.name: c.eot for c in ex.generalization_suite(quick)}
+    assert eots == {"pgd-eot": 4, "pgd-l2": 4, "stadv": 4}
 
 
 def test_budget_sweeps_vary_one_budget_at_a_time():
@@ -75,7 +85,16 @@ def test_summary_and_worst_case_tables_read_the_records():
 
 
 @pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
-@pytest.mark.parametrize("table_id", ["generalization", "table7_cifar10_ablation"])
+@pytest.mark.parametrize(
+    "table_id",
+    [
+        "generalization",
+        "table7_cifar10_ablation",
+        "rebuttal_pgd_eot_preliminary",
+        "rebuttal_standard_case",
+        "authors_log_calibration",
+    ],
+)
 def test_every_attacked_table_column_is_run_by_its_notebooks_suite(profile, table_id):
     """A column that selects steps or EOT the suite does not run would stay `not run` forever
     (the generalization table's L∞ column asked for the profile's 10 steps; the suite ran 20)."""
@@ -85,12 +104,22 @@ def test_every_attacked_table_column_is_run_by_its_notebooks_suite(profile, tabl
         "table7_cifar10_ablation": lambda: [
             a for protocol in ex.PROTOCOL_ATTACKS for a in ex.ablation_suite(p, protocol)
         ],
+        "rebuttal_pgd_eot_preliminary": lambda: [ex.preliminary_pgd_eot(p)],
+        "rebuttal_standard_case": lambda: ex.standard_case_suite(p),
+        "authors_log_calibration": lambda: [
+            *ex.ablation_suite(p, "classifier-only"),
+            *ex.calibration_suite(p),
+        ],
     }
     entry, attacks = load_reference()["tables"][table_id], suites[table_id]()
     for column in entry["columns"]:
         sel = selector([entry.get("select"), column.get("select")], profile)
         names = [sel["attack"]] if isinstance(sel["attack"], str) else sel["attack"]
-        if names == ["clean"] or (set(names) & {"autoattack"} and p.evaluation.step_cap):
+        if names == ["clean"] or (
+            table_id != "rebuttal_standard_case"
+            and set(names) & {"autoattack"}
+            and p.evaluation.step_cap
+        ):
             continue  # clean runs apart; AutoAttack only at full budgets (ablation_suite says why)
         assert any(
             a.name in names

@@ -51,3 +51,14 @@ def test_an_honest_model_passes_the_checks_that_apply():
     checks = _checks(None)
     assert checks["large_eps"]["passed"] is True and unreliable(checks) is False
     assert checks["bare_classifier"]["passed"] is None  # no purifier: nothing to compare
+
+
+def test_stadv_gets_the_more_budget_check_and_says_why_not_the_large_bound():
+    model = DefendedModel(Brightness(), None, RandomTransform(TransformConfig(kind="none")))
+    x, y = _data()
+    attack = AttackConfig(name="stadv", steps=3)
+    checks = sanity_checks(
+        model, attack, x, y, "whole-model", 1.0, "cpu", draws=1, batch_size=8, square_queries=20
+    )
+    assert checks["more_budget"]["passed"] is True and checks["more_budget"]["steps"] == 6
+    assert checks["large_eps"]["passed"] is None and "16x" in checks["large_eps"]["reason"]
