@@ -25,7 +25,7 @@ from atop_core.results import (
     resume_or_start,
     save_progress,
 )
-from atop_core.sanity import sanity_checks, unreliable
+from atop_core.sanity import network_digest, sanity_checks, unreliable
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -202,6 +202,7 @@ def evaluate_defense(
             batch_size=ev.batch_size,
             square_queries=ev.square_queries,
             defense_seed=seed,
+            identity=(header["defense"]["sha256"], network_digest(defense.classifier)),
         )
     record.update(
         sanity=checks,

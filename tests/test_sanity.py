@@ -62,3 +62,41 @@ def test_stadv_gets_the_more_budget_check_and_says_why_not_the_large_bound():
     )
     assert checks["more_budget"]["passed"] is True and checks["more_budget"]["steps"] == 6
     assert checks["large_eps"]["passed"] is None and "16x" in checks["large_eps"]["reason"]
+
+
+class Counting(nn.Module):
+    """Brightness, counting its forward passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return Brightness()(x)
+
+
+class PassThrough(nn.Module):
+    def forward(self, x, keep):
+        return x
+
+
+def test_named_networks_share_repeated_checks_and_get_the_same_verdicts():
+    """Square repeats across a defense's records and the bare check across defenses on one
+    classifier: with an identity each runs once per process, and the verdicts do not change."""
+    classifier = Counting()
+    model = DefendedModel(classifier, PassThrough(), RandomTransform(TransformConfig(kind="none")))
+    x, y = _data()
+
+    def checks(attack, identity=None):
+        classifier.calls = 0
+        kw = {"draws": 1, "batch_size": 8, "square_queries": 20, "identity": identity}
+        return sanity_checks(model, attack, x, y, "whole-model", 1.0, "cpu", **kw), classifier.calls
+
+    pgd, bim = AttackConfig(name="pgd", steps=2), AttackConfig(name="bim", steps=2)
+    alone, calls_alone = checks(bim)
+    checks(pgd, ("defense-a", "classifier-1"))
+    shared, calls_shared = checks(bim, ("defense-a", "classifier-1"))  # Square: pgd's
+    assert shared == alone and calls_shared < calls_alone
+    other, calls_other = checks(bim, ("defense-b", "classifier-1"))  # bare check: defense-a's
+    assert other == alone and calls_shared < calls_other < calls_alone
