@@ -42,14 +42,13 @@ from atop_core.train import accuracy
 from atop_core.transforms import RandomTransform
 
 PROTOCOL_ATTACKS = {  # the whole model is random: its attacks average gradients over EOT draws
-    "whole-model": {"pgd": "pgd-eot", "autoattack": "autoattack-rand"},
-    "classifier-only": {"pgd": "pgd", "autoattack": "autoattack"},
+    "whole-model": {"pgd": "pgd-eot", "pgd-l2": "pgd-eot-l2", "autoattack": "autoattack-rand"},
+    "classifier-only": {"pgd": "pgd", "pgd-l2": "pgd-l2", "autoattack": "autoattack"},
 }
-EOT_ATTACKS = ("pgd-eot", "bpda-eot", "eot-pgd", "apgd", "apgd-l2", "autoattack-rand")
-EOT_ATTACKS += ("autoattack-rand-l2",)  # those that average gradients over transform draws
-# and the unseen threat models, whose forward averages logits over the draws (C&W stays at one
-# draw per step: at EOT 4 it would cost the quick ablation minutes; README labels its cells weak)
-EOT_ATTACKS += ("pgd-l2", "stadv")
+# Attacks that average their loss's gradient over transform draws (C&W stays at one draw per
+# step: at EOT 4 it would cost the quick ablation minutes; README labels its cells weak).
+EOT_ATTACKS = ("pgd-eot", "pgd-eot-l2", "bpda-eot", "eot-pgd", "apgd", "apgd-l2", "stadv")
+EOT_ATTACKS += ("autoattack-rand", "autoattack-rand-l2")
 # The ablation tables' columns (ATOP_PAPER §3.2) at the paper's budgets: (column, attack, steps).
 ABLATION = (
     ("clean", "clean", 1),

@@ -23,7 +23,8 @@ from atop_core.results import wilson_interval
 
 NEAR_ZERO = 0.10  # "accuracy near 0": at most this fraction survives a huge budget
 LARGE_EPS_FACTOR = 16  # the huge budget: 16 × ε (8/255 -> 0.5 in L∞, capped at 1; 0.5 -> 8 in L2)
-ITERATIVE = ("bim", "pgd", "pgd-l2", "eot-pgd", "apgd", "apgd-l2", "pgd-eot", "bpda-eot")
+ITERATIVE = ("bim", "pgd", "pgd-l2", "eot-pgd", "apgd", "apgd-l2", "pgd-eot", "pgd-eot-l2")
+ITERATIVE += ("bpda-eot",)
 # StAdv's Adam steps move the flow by about lr each, so a 16× bound is out of its reach in the
 # same steps: it gets the more-budget check only (twice the steps and EOT draws).
 MORE_BUDGET_ONLY = ("stadv",)

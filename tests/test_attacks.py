@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atop_core.attacks import ATTACKS, AttackConfig, bpda_loss, eot_loss, library, run_attack
+from atop_core.attacks.cw import margin
 from atop_core.attacks.stadv import apply_flow, flow_smoothness, stadv_flow
 from atop_core.config import TransformConfig
 from atop_core.data import load_dataset
@@ -179,6 +180,23 @@ def test_stadv_flow_stays_within_its_bound_and_reaches_it():
     assert torch.equal(run_attack(model, cfg, x, y), apply_flow(x, flow))
 
 
+def test_stadv_on_a_plain_classifier_ascends_the_margin_of_its_one_draw():
+    """The EOT route (the moved image's gradient from eot_grad, then the chain rule to the
+    flow) gives the flow that differentiating the margin through the flow directly gives."""
+    model = _classifier()
+    x, y = _batch()
+    cfg = AttackConfig(name="stadv", steps=5, eot=3)  # a plain classifier has one draw
+    flow = torch.zeros(4, SIZE, SIZE, 2, requires_grad=True)
+    opt = torch.optim.Adam([flow], lr=cfg.lr)
+    for _ in range(cfg.steps):
+        loss = (margin(model(apply_flow(x, flow)), y) + cfg.tau * flow_smoothness(flow)).sum()
+        (flow.grad,) = torch.autograd.grad(loss, flow)
+        opt.step()
+        with torch.no_grad():
+            flow.clamp_(-cfg.eps, cfg.eps)
+    assert torch.allclose(stadv_flow(model, x, y, cfg), flow.detach(), atol=1e-6)
+
+
 def test_flow_is_in_normalised_coordinates_two_over_width_per_pixel():
     x = torch.rand(2, 3, SIZE, SIZE)
     assert torch.allclose(apply_flow(x, torch.zeros(2, SIZE, SIZE, 2)), x, atol=1e-6)
@@ -229,6 +247,7 @@ def test_bpda_on_a_plain_classifier_is_pgd_eot():
 @pytest.mark.parametrize(
     "name, per_forward",
     [("pgd", "averaged"), ("fgsm", "averaged"), ("square", "averaged"), ("cw-l2", "averaged")]
+    + [("pgd-eot", "averaged"), ("pgd-eot-l2", "averaged"), ("stadv", "averaged")]
     + [("eot-pgd", "looped"), ("apgd", "looped"), ("autoattack-rand", "looped")],
 )
 def test_attacks_average_draws_in_the_forward_or_loop_over_them(name, per_forward):

@@ -48,7 +48,7 @@ def test_the_unseen_threat_models_attack_the_random_model_with_eot():
     """The generalization table's L2 and StAdv columns ran with one draw per step before."""
     quick = get_profile("quick")
     eots = {c.name: c.eot for c in ex.generalization_suite(quick)}
-    assert eots == {"pgd-eot": 4, "pgd-l2": 4, "stadv": 4}
+    assert eots == {"pgd-eot": 4, "pgd-eot-l2": 4, "stadv": 4}
 
 
 def test_budget_sweeps_vary_one_budget_at_a_time():

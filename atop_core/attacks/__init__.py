@@ -9,7 +9,8 @@ model ([0,1] images -> logits) and a batch in [0,1] to adversarial images in [0,
 - Randomness: every attack runs inside `torch.random.fork_rng()` seeded with `cfg.seed`
   (torchattacks draws its starts from the global generator); the caller's global stream is
   restored afterwards, and the defense draws from its transform's own generator regardless.
-- EOT on a `DefendedModel`: our pgd-eot, bpda-eot batch `eot` draws into one pass; eot-pgd, apgd
+- EOT on a `DefendedModel`: our pgd-eot, pgd-eot-l2, bpda-eot (and stadv) batch `eot` draws into
+  passes and average the loss over them; eot-pgd, apgd
   and autoattack-rand loop over `eot` draws themselves (torchattacks' `eot_iter`), seeing one draw
   per forward; every other attack sees a forward that averages logits over `eot` draws. The
   model's `eot` and `mode` are set for the attack and restored after it. On a plain classifier
@@ -95,6 +96,7 @@ _register("cw-l2", cw.cw_l2, "l2", **_CW)
 _register("stadv", stadv.stadv, "flow", steps=STADV_STEPS, lr=stadv.LR, tau=stadv.TAU)
 _register("bpda-eot", eot.bpda_eot, "linf", **_PGD)
 _register("pgd-eot", eot.pgd_eot, "linf", **_PGD)
+_register("pgd-eot-l2", eot.pgd_eot_l2, "l2", **_PGD)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""PGD with EOT on the whole defense, with full gradients (pgd-eot) or BPDA (bpda-eot).
+"""PGD with EOT on the whole defense, with full gradients (pgd-eot, pgd-eot-l2) or BPDA
+(bpda-eot); the EOT margin StAdv ascends.
 
 Ours, because torchattacks' EOTPGD loops over draws one forward at a time: here the batch is
 repeated `eot` times and run in one pass (Lee & Kim, ICCV 2023, full gradients through
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from atop_core.attacks.cw import margin, project_l2
 from atop_core.defense import DefendedModel
 
 if TYPE_CHECKING:
@@ -33,6 +35,15 @@ def eot_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     return F.cross_entropy(model(x), y, reduction="sum")
 
 
+def eot_margin(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
+    """Sum over samples of the mean C&W margin z_y − max_{j≠y} z_j over `draws` draws: the
+    expected margin, whose gradient is the mean of the per-draw gradients (StAdv's objective)."""
+    if isinstance(model, DefendedModel):
+        logits = model.draw_logits(x, draws)
+        return margin(logits.flatten(0, 1), y.repeat(draws)).sum() / draws
+    return margin(model(x), y).sum()
+
+
 def bpda_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     """`eot_loss` with the purification g∘t replaced by the identity in the backward pass only:
     the classifier sees the exact purified images, the gradient skips g∘t (BPDA)."""
@@ -51,6 +62,7 @@ def eot_grad(
     (at least one draw of the whole batch per pass; None: all draws in one pass). It equals the
     one-pass gradient, the mean of the per-draw gradients; only the draws' order in the
     transform's stream differs."""
+    draws = draws if isinstance(model, DefendedModel) else 1  # a plain classifier has one draw
     per_pass = draws if pass_size is None else max(1, pass_size // len(x))
     total = torch.zeros_like(x)
     for start in range(0, draws, per_pass):
@@ -80,8 +92,40 @@ def pgd_linf(
     return adv.detach()
 
 
+def _l2_norm(t: Tensor) -> Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))
+
+
+def pgd_l2(
+    loss: Loss,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: "AttackConfig",
+    pass_size: int | None = EOT_PASS,
+) -> Tensor:
+    """L2 PGD ascending `loss`, torchattacks' PGDL2 steps (the gradient scaled to length alpha,
+    then projection onto the ε-ball) from a random start inside the ball drawn from the attack's
+    own seed; the EOT gradient in passes as in `pgd_linf`. Ours because torchattacks' PGDL2
+    sees one draw per step (or, on a `DefendedModel`, the mean logits, a weaker objective)."""
+    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    direction = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+    radius = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype) * cfg.eps
+    start = direction / (_l2_norm(direction) + 1e-10) * radius.view(-1, *[1] * (x.dim() - 1))
+    adv = (x + start).clamp(0, 1)
+    for _ in range(cfg.steps):
+        grad = eot_grad(loss, model, adv, y, cfg.eot, pass_size)
+        adv = project_l2(x, adv + cfg.alpha * grad / (_l2_norm(grad) + 1e-10), cfg.eps)
+        adv = adv.clamp(0, 1)
+    return adv.detach()
+
+
 def pgd_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
     return pgd_linf(eot_loss, model, x, y, cfg)
+
+
+def pgd_eot_l2(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
+    return pgd_l2(eot_loss, model, x, y, cfg)
 
 
 def bpda_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:

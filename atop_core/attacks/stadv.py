@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atop_core.attacks.cw import margin
+from atop_core.attacks.eot import eot_grad, eot_margin
 
 if TYPE_CHECKING:
     from atop_core.attacks import AttackConfig
@@ -45,13 +45,16 @@ def flow_smoothness(flow: Tensor) -> Tensor:
 
 def stadv_flow(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
     """The adversarial flow (B, H, W, 2), every component within ±cfg.eps, after `cfg.steps`
-    Adam steps from zero flow."""
+    Adam steps from zero flow. On a random defense the margin is averaged over `cfg.eot` draws
+    (EOT): its gradient with respect to the moved image comes from `eot_grad`, in passes, and
+    the chain rule carries it to the flow."""
     b, _, h, w = x.shape
     flow = torch.zeros(b, h, w, 2, device=x.device, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.Adam([flow], lr=cfg.lr)
     for _ in range(cfg.steps):
-        logits = model(apply_flow(x, flow))
-        loss = (margin(logits, y) + cfg.tau * flow_smoothness(flow)).sum()
+        moved = apply_flow(x, flow)
+        toward = eot_grad(eot_margin, model, moved.detach(), y, cfg.eot or 1)
+        loss = (moved * toward).sum() + cfg.tau * flow_smoothness(flow).sum()
         (flow.grad,) = torch.autograd.grad(loss, flow)  # leave the model's grads alone
         opt.step()
         with torch.no_grad():
