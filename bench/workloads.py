@@ -1,12 +1,12 @@
 """The work the benchmarks time: defended models at the quick and paper architectures, and
 full-gradient PGD-EOT run our way or the authors' way.
 
-Ours is `atop_core`'s attack as it is (attacks/eot.py `pgd_linf`: EOT draws batched in passes of
-EOT_PASS image-draws, per-sample masks, native 32 px), on a model in channels_last. The authors'
-structure is written here only, as the reference every speed-up is measured against: batches of
-8, one mask and noise per batch (per_sample=False), EOT as a Python loop of one forward and
-backward per draw (as torchattacks' EOTPGD does), and the transform and purifier run at 256x256
-(work_size=256; ATOP_PAPER §1.2). Weights are random: speed does not depend on them.
+Ours is `atop_core`'s attack as it is (attacks/eot.py `projected_gradient`: EOT draws batched in
+passes of EOT_PASS image-draws, per-sample masks, native 32 px), on a model in channels_last. The
+authors' structure is written here only, as the reference every speed-up is measured against:
+batches of 8, one mask and noise per batch (per_sample=False), EOT as a Python loop of one
+forward and backward per draw (as torchattacks' EOTPGD does), and the transform and purifier run
+at 256x256 (work_size=256; ATOP_PAPER §1.2). Weights are random: speed does not depend on them.
 """
 
 import dataclasses
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from atop_core.attacks import EOT_PASS, AttackConfig, eot_loss
-from atop_core.attacks.eot import pgd_linf
+from atop_core.attacks.eot import projected_gradient
 from atop_core.config import EPS_LINF, TransformConfig, get_profile
 from atop_core.defense import DefendedModel
 from atop_core.nets.classifiers import build_classifier
@@ -151,7 +151,7 @@ def synthetic_images(n: int, device: torch.device, seed: int = 0) -> tuple[Tenso
 
 
 def style_pass(style: Style) -> int | None:
-    """Image-draws per EOT pass of a style, for atop_core's `pgd_linf` and `eot_grad`."""
+    """Image-draws per EOT pass of a style, for atop_core's `projected_gradient` and `eot_grad`."""
     return style.pass_size if style.eot_batched else 1
 
 
@@ -169,6 +169,6 @@ def attack_runner(
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             for i in range(0, len(x), style.batch):
                 xb, yb = x[i : i + style.batch], y[i : i + style.batch]
-                pgd_linf(eot_loss, model, xb, yb, cfg, pass_size)
+                projected_gradient(eot_loss, model, xb, yb, cfg, pass_size)
 
     return run

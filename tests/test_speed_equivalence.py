@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from atop_core.attacks import AttackConfig, eot_grad, eot_loss, run_attack
-from atop_core.attacks.eot import pgd_linf
+from atop_core.attacks.eot import projected_gradient
 from atop_core.config import TransformConfig
 from atop_core.defense import DefendedModel
 from atop_core.nets.classifiers import build_classifier
@@ -120,8 +120,8 @@ def test_channels_last_purifier_training_gives_the_default_layouts_loss_and_grad
 def test_pgd_eot_attack_in_passes_matches_one_pass_for_the_same_draws():
     x, y = _inputs()
     cfg = AttackConfig(name="pgd-eot", steps=2, eot=DRAWS // 2, seed=5)  # all the draws
-    one_pass = pgd_linf(eot_loss, _replayed("gan"), x, y, cfg, pass_size=None)
-    passes = pgd_linf(eot_loss, _replayed("gan"), x, y, cfg, pass_size=BATCH)
+    one_pass = projected_gradient(eot_loss, _replayed("gan"), x, y, cfg, pass_size=None)
+    passes = projected_gradient(eot_loss, _replayed("gan"), x, y, cfg, pass_size=BATCH)
     torch.testing.assert_close(passes, one_pass, rtol=0, atol=1e-6)
     library = run_attack(_replayed("gan"), cfg, x, y)  # the registry's pgd-eot is this loop
     torch.testing.assert_close(library, one_pass, rtol=0, atol=1e-6)

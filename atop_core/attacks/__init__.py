@@ -96,7 +96,7 @@ _register("cw-l2", cw.cw_l2, "l2", **_CW)
 _register("stadv", stadv.stadv, "flow", steps=STADV_STEPS, lr=stadv.LR, tau=stadv.TAU)
 _register("bpda-eot", eot.bpda_eot, "linf", **_PGD)
 _register("pgd-eot", eot.pgd_eot, "linf", **_PGD)
-_register("pgd-eot-l2", eot.pgd_eot_l2, "l2", **_PGD)
+_register("pgd-eot-l2", eot.pgd_eot, "l2", **_PGD)
 
 
 @dataclass(frozen=True)

@@ -72,31 +72,40 @@ def eot_grad(
     return total / draws
 
 
-def pgd_linf(
-    loss: Loss,
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    cfg: "AttackConfig",
-    pass_size: int | None = EOT_PASS,
-) -> Tensor:
-    """L∞ PGD ascending `loss` from a uniform random start drawn from the attack's own seed; the
-    EOT gradient in passes of `pass_size` image-draws (`eot_grad`)."""
-    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
+def _linf_start(x: Tensor, eps: float, g: torch.Generator) -> Tensor:
+    """Uniform in the L∞ ball (and the image range)."""
     noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1
-    low, high = (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
-    adv = (x + noise * cfg.eps).clamp(low, high)
-    for _ in range(cfg.steps):
-        grad = eot_grad(loss, model, adv, y, cfg.eot, pass_size)
-        adv = (adv + cfg.alpha * grad.sign()).clamp(low, high)
-    return adv.detach()
+    return (x + noise * eps).clamp((x - eps).clamp(min=0), (x + eps).clamp(max=1))
+
+
+def _linf_step(x: Tensor, adv: Tensor, grad: Tensor, cfg: "AttackConfig") -> Tensor:
+    return (adv + cfg.alpha * grad.sign()).clamp(
+        (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
+    )
 
 
 def _l2_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))
 
 
-def pgd_l2(
+def _l2_start(x: Tensor, eps: float, g: torch.Generator) -> Tensor:
+    """torchattacks' PGDL2 start: a random direction at a uniform radius inside the ball."""
+    direction = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+    radius = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype) * eps
+    start = direction / (_l2_norm(direction) + 1e-10) * radius.view(-1, *[1] * (x.dim() - 1))
+    return (x + start).clamp(0, 1)
+
+
+def _l2_step(x: Tensor, adv: Tensor, grad: Tensor, cfg: "AttackConfig") -> Tensor:
+    """torchattacks' PGDL2 step: the gradient scaled to length alpha, then onto the ε-ball."""
+    moved = adv + cfg.alpha * grad / (_l2_norm(grad) + 1e-10)
+    return project_l2(x, moved, cfg.eps).clamp(0, 1)
+
+
+PGD_NORMS = {"linf": (_linf_start, _linf_step), "l2": (_l2_start, _l2_step)}
+
+
+def projected_gradient(
     loss: Loss,
     model: nn.Module,
     x: Tensor,
@@ -104,29 +113,21 @@ def pgd_l2(
     cfg: "AttackConfig",
     pass_size: int | None = EOT_PASS,
 ) -> Tensor:
-    """L2 PGD ascending `loss`, torchattacks' PGDL2 steps (the gradient scaled to length alpha,
-    then projection onto the ε-ball) from a random start inside the ball drawn from the attack's
-    own seed; the EOT gradient in passes as in `pgd_linf`. Ours because torchattacks' PGDL2
-    sees one draw per step (or, on a `DefendedModel`, the mean logits, a weaker objective)."""
-    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    direction = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-    radius = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype) * cfg.eps
-    start = direction / (_l2_norm(direction) + 1e-10) * radius.view(-1, *[1] * (x.dim() - 1))
-    adv = (x + start).clamp(0, 1)
+    """PGD in the attack's norm ball (L∞: signed steps; L2: torchattacks' PGDL2 steps) ascending
+    `loss` from a random start drawn from the attack's own seed; the EOT gradient in passes of
+    `pass_size` image-draws (`eot_grad`). Ours because torchattacks' PGD and PGDL2 see one draw
+    per step, or with EOT the mean logits, in one pass of batch × draws."""
+    start, step = PGD_NORMS[cfg.norm]
+    adv = start(x, cfg.eps, torch.Generator(device=x.device).manual_seed(cfg.seed))
     for _ in range(cfg.steps):
-        grad = eot_grad(loss, model, adv, y, cfg.eot, pass_size)
-        adv = project_l2(x, adv + cfg.alpha * grad / (_l2_norm(grad) + 1e-10), cfg.eps)
-        adv = adv.clamp(0, 1)
+        adv = step(x, adv, eot_grad(loss, model, adv, y, cfg.eot, pass_size), cfg)
     return adv.detach()
 
 
 def pgd_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
-    return pgd_linf(eot_loss, model, x, y, cfg)
-
-
-def pgd_eot_l2(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
-    return pgd_l2(eot_loss, model, x, y, cfg)
+    """pgd-eot (L∞) and pgd-eot-l2: full gradients through transform, purifier and classifier."""
+    return projected_gradient(eot_loss, model, x, y, cfg)
 
 
 def bpda_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
-    return pgd_linf(bpda_loss, model, x, y, cfg)
+    return projected_gradient(bpda_loss, model, x, y, cfg)
