@@ -10,11 +10,10 @@ model ([0,1] images -> logits) and a batch in [0,1] to adversarial images in [0,
   (torchattacks draws its starts from the global generator); the caller's global stream is
   restored afterwards, and the defense draws from its transform's own generator regardless.
 - EOT on a `DefendedModel`: our pgd-eot, pgd-eot-l2, bpda-eot (and stadv) batch `eot` draws into
-  passes and average the loss over them; eot-pgd, apgd
-  and autoattack-rand loop over `eot` draws themselves (torchattacks' `eot_iter`), seeing one draw
-  per forward; every other attack sees a forward that averages logits over `eot` draws. The
-  model's `eot` and `mode` are set for the attack and restored after it. On a plain classifier
-  `eot` changes nothing.
+  passes and average the loss over them; eot-pgd, apgd and autoattack-rand loop over `eot` draws
+  themselves (torchattacks' `eot_iter`), seeing one draw per forward; every other attack sees a
+  forward that averages logits over `eot` draws. The model's `eot` and `mode` are set for the
+  attack and restored after it. On a plain classifier `eot` changes nothing.
 """
 
 import math
