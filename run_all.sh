@@ -114,7 +114,7 @@ if stage_reached notebooks; then
                 "30_atop_finetune.ipynb $dataset purifier ae"
       run_group "50_rt_ablation.ipynb $dataset purifier gan" \
                 "60_missing_rate_mix_number.ipynb $dataset" \
-                "70_generalization.ipynb $dataset purifier ae" \
+                "70_generalization.ipynb $dataset" \
                 "40_evaluate_attacks.ipynb $dataset purifier ae n $suite_n"
     done
   fi

@@ -235,7 +235,8 @@ FIXED_MASK = "-fixed-mask"  # the defense-name suffix the reference's random-vs-
 
 
 def standard_case_defenses(run: Run, transform: str = "rt2") -> list[str]:
-    """Every purifier of the profile without and with AToP (the standard-case table's rows)."""
+    """Every purifier of the profile without and with AToP (the standard-case and generalization
+    tables' rows)."""
     return [run.defense(p, transform, atop) for p in run.profile.purifiers for atop in (0, 1)]
 
 
@@ -246,10 +247,10 @@ def fixed_mask_defenses(run: Run, purifier: str, transform: str = "rt2") -> list
     return [str(save_transform_variant(path, FIXED_MASK, fixed_mask=True)) for path in pair]
 
 
-def generalization_defenses(run: Run, purifier: str, transform: str) -> list[str]:
-    """The bare classifier, each adversarially trained baseline, the purifier ± AToP."""
+def generalization_defenses(run: Run, transform: str) -> list[str]:
+    """The bare classifier, each adversarially trained baseline, every purifier ± AToP."""
     at = [str(run.checkpoints / f"defense-none-none-at-{adv}.pt") for adv in run.profile.baselines]
-    return [run.defense("none", "none", False), *at] + suite_defenses(run, purifier, transform)[:2]
+    return [run.defense("none", "none", False), *at] + standard_case_defenses(run, transform)
 
 
 def summary(records: list[dict]) -> pd.DataFrame:

@@ -1,5 +1,7 @@
 """Notebook parameters are checked first; suites scale the paper's budgets to the profile."""
 
+from pathlib import Path
+
 import pytest
 
 from atop_core import experiments as ex
@@ -128,3 +130,16 @@ def test_every_attacked_table_column_is_run_by_its_notebooks_suite(profile, tabl
             and (sel.get("eps") is None or abs(a.eps - sel["eps"]) < 1e-6)
             for a in attacks
         ), f"{table_id} column {column['id']} selects {sel}; the suite runs none such"
+
+
+def test_the_generalization_table_attacks_every_purifier_and_the_baselines():
+    run = ex.setup("quick", "cifar10", "cpu")
+    names = [Path(p).stem for p in ex.generalization_defenses(run, "rt2")]
+    assert names == [
+        "defense-none-none-plain",
+        "defense-none-none-at-fgsm-rs",
+        "defense-gan-rt2-plain",
+        "defense-gan-rt2-atop",
+        "defense-ae-rt2-plain",
+        "defense-ae-rt2-atop",
+    ]
