@@ -72,37 +72,40 @@ def eot_grad(
     return total / draws
 
 
-def _linf_start(x: Tensor, eps: float, g: torch.Generator) -> Tensor:
-    """Uniform in the L∞ ball (and the image range)."""
+Step = Callable[[Tensor, Tensor], Tensor]  # (adversarial images, gradient) -> next images
+
+
+def _linf_ball(x: Tensor, cfg: "AttackConfig", g: torch.Generator) -> tuple[Tensor, Step]:
+    """A uniform start in the L∞ ball (and the image range) and the signed step back into it;
+    the ball's bounds are computed once per attack, not per step."""
+    low, high = (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
     noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1
-    return (x + noise * eps).clamp((x - eps).clamp(min=0), (x + eps).clamp(max=1))
 
+    def step(adv: Tensor, grad: Tensor) -> Tensor:
+        return (adv + cfg.alpha * grad.sign()).clamp(low, high)
 
-def _linf_step(x: Tensor, adv: Tensor, grad: Tensor, cfg: "AttackConfig") -> Tensor:
-    return (adv + cfg.alpha * grad.sign()).clamp(
-        (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
-    )
+    return (x + noise * cfg.eps).clamp(low, high), step
 
 
 def _l2_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))
 
 
-def _l2_start(x: Tensor, eps: float, g: torch.Generator) -> Tensor:
-    """torchattacks' PGDL2 start: a random direction at a uniform radius inside the ball."""
+def _l2_ball(x: Tensor, cfg: "AttackConfig", g: torch.Generator) -> tuple[Tensor, Step]:
+    """torchattacks' PGDL2 start (a random direction at a uniform radius inside the ball) and
+    step (the gradient scaled to length alpha, then back onto the ball and the image range)."""
     direction = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-    radius = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype) * eps
+    radius = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype) * cfg.eps
     start = direction / (_l2_norm(direction) + 1e-10) * radius.view(-1, *[1] * (x.dim() - 1))
-    return (x + start).clamp(0, 1)
+
+    def step(adv: Tensor, grad: Tensor) -> Tensor:
+        moved = adv + cfg.alpha * grad / (_l2_norm(grad) + 1e-10)
+        return project_l2(x, moved, cfg.eps).clamp(0, 1)
+
+    return (x + start).clamp(0, 1), step
 
 
-def _l2_step(x: Tensor, adv: Tensor, grad: Tensor, cfg: "AttackConfig") -> Tensor:
-    """torchattacks' PGDL2 step: the gradient scaled to length alpha, then onto the ε-ball."""
-    moved = adv + cfg.alpha * grad / (_l2_norm(grad) + 1e-10)
-    return project_l2(x, moved, cfg.eps).clamp(0, 1)
-
-
-PGD_NORMS = {"linf": (_linf_start, _linf_step), "l2": (_l2_start, _l2_step)}
+PGD_BALLS = {"linf": _linf_ball, "l2": _l2_ball}
 
 
 def projected_gradient(
@@ -117,10 +120,10 @@ def projected_gradient(
     `loss` from a random start drawn from the attack's own seed; the EOT gradient in passes of
     `pass_size` image-draws (`eot_grad`). Ours because torchattacks' PGD and PGDL2 see one draw
     per step, or with EOT the mean logits, in one pass of batch × draws."""
-    start, step = PGD_NORMS[cfg.norm]
-    adv = start(x, cfg.eps, torch.Generator(device=x.device).manual_seed(cfg.seed))
+    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    adv, step = PGD_BALLS[cfg.norm](x, cfg, g)
     for _ in range(cfg.steps):
-        adv = step(x, adv, eot_grad(loss, model, adv, y, cfg.eot, pass_size), cfg)
+        adv = step(adv, eot_grad(loss, model, adv, y, cfg.eot, pass_size))
     return adv.detach()
 
 
