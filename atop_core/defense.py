@@ -19,6 +19,7 @@ from atop_core.config import (
 from atop_core.io import read_json, save_torch, sha256_file, write_json
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import build_purifier, resize_to, to_work_size
+from atop_core.provenance import code_version
 from atop_core.transforms import RandomTransform
 
 DEFENSE_MODES = ("eot", "vote")
@@ -104,7 +105,7 @@ def save_defense(
     extra: dict | None = None,
 ) -> dict:
     """One self-contained file (both networks' weights and how to rebuild them) plus a JSON sidecar
-    naming its parts; returns the sidecar."""
+    naming its parts and the code that saved it; returns the sidecar."""
     if getattr(classifier, "flip_average", False) != classifier_cfg.flip_average:
         raise ValueError(
             f"the classifier's flip_average ({getattr(classifier, 'flip_average', False)}) differs "
@@ -128,7 +129,10 @@ def save_defense(
         "classifier": classifier.state_dict(),
         "purifier": purifier.state_dict() if purifier is not None else None,
     }
+    # the code goes in the sidecar only: in the file it would change the SHA-256 that records
+    # of this defense are keyed by, for identical weights
     meta = {**meta, "sha256": save_torch(path, blob), "file": Path(path).name}
+    meta["code"] = code_version()
     write_json(Path(path).with_suffix(".json"), meta)
     return meta
 

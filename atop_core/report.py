@@ -18,6 +18,7 @@ import pandas as pd
 from atop_core.analysis import attack_strength
 from atop_core.config import PROFILES
 from atop_core.io import write_bytes_atomic
+from atop_core.provenance import UNRECORDED
 from atop_core.tables import (
     INFERRED_MARK,
     LEGEND,
@@ -195,6 +196,26 @@ def scale_statement(profile: str) -> str:
     ).strip()
 
 
+def code_statement(done: pd.DataFrame) -> str:
+    """Which versions of atop_core computed the records (`provenance.short`), most used first."""
+    counts = sorted(done["code"].value_counts().items(), key=lambda kv: (-kv[1], kv[0]))
+    if not counts:
+        return ""
+    if len(counts) == 1:
+        code = counts[0][0]
+        return (
+            "Code: not recorded (records written before records named their code)."
+            if code == UNRECORDED
+            else f"Code: atop_core sources {code}."
+        )
+    listed = "; ".join(f"{code}: {n}" for code, n in counts)
+    return (
+        f"Code: the records come from {len(counts)} versions of atop_core (records are named by "
+        "configuration, so a results directory keeps them across code changes; rerun into an "
+        f"empty one for a single version): {listed}."
+    )
+
+
 def header_blocks(profile: str, frame: pd.DataFrame, results_path: Path) -> list[Block]:
     done = frame[frame["complete"].astype(bool)]
     datasets = ", ".join(sorted(set(done["dataset"]))) or "none"
@@ -202,7 +223,7 @@ def header_blocks(profile: str, frame: pd.DataFrame, results_path: Path) -> list
         f"{len(done)} complete records in `{results_path}` (datasets: {datasets}); "
         f"{len(frame) - len(done)} partial records left out; "
         f"{int(done['unreliable'].map(lambda v: v is True).sum())} marked unreliable; "
-        f"{int(done['unreliable'].isna().sum())} not sanity-checked."
+        f"{int(done['unreliable'].isna().sum())} not sanity-checked. {code_statement(done)}"
     )
     return [
         ("h", (1, f"AToP reproduction report: profile `{profile}`")),

@@ -16,6 +16,7 @@ import torch
 import torchattacks
 
 from atop_core.io import read_json, sha256_file, write_json
+from atop_core.provenance import code_version
 
 SCHEMA = 1
 # Fields that define a run: a file on disk is resumed (or merged) only if all of them agree.
@@ -86,6 +87,7 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "atop_core": code_version(),
     }
 
 

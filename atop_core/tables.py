@@ -19,6 +19,7 @@ import yaml
 
 from atop_core.config import PROFILES
 from atop_core.io import read_json
+from atop_core.provenance import short
 from atop_core.results import SHARD_RE
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "paper.yaml"
@@ -115,6 +116,7 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
         "unreliable": record.get("unreliable"),
         "complete": record.get("complete", True),
         "schema": record.get("schema", 0),
+        "code": short((record.get("env") or {}).get("atop_core")),
     }
     for k in READINGS:
         row[k] = record["accuracy"][k]
@@ -124,7 +126,7 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
 
 FRAME_COLUMNS = ("dataset", "profile", "protocol", "defense", "classifier", "purifier")
 FRAME_COLUMNS += ("transform", "atop", "adversarial_training", "attack", "tag", "steps", "eot")
-FRAME_COLUMNS += ("eps", "n", "indices", "draws", "unreliable", "complete", "schema")
+FRAME_COLUMNS += ("eps", "n", "indices", "draws", "unreliable", "complete", "schema", "code")
 FRAME_COLUMNS += tuple(f"{k}{s}" for k in READINGS for s in ("", "_lo", "_hi"))
 
 
