@@ -203,6 +203,7 @@ def evaluate_defense(
             square_queries=ev.square_queries,
             defense_seed=seed,
             identity=(header["defense"]["sha256"], network_digest(defense.classifier)),
+            bare_data=(sub.images[:hi], sub.labels[:hi]),
         )
     record.update(
         sanity=checks,

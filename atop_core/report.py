@@ -191,7 +191,8 @@ def scale_statement(profile: str) -> str:
         f"(clean accuracy);{table_n} classifier {p.classifier.arch} ({p.classifier.arch_large} "
         f"for ImageNette); purifier width {p.purifier.width}; attacks with a profile budget of "
         f"{e.steps} steps and EOT {e.eot};{cap if e.step_cap else ''} {e.draws} defense draws "
-        f"per adversarial example; sanity checks on {e.sanity_n} images; datasets: "
+        f"per adversarial example; sanity checks on {e.sanity_n} images (the bare-classifier "
+        f"check on all of a record's); datasets: "
         f"{', '.join(p.datasets)}."
     ).strip()
 

@@ -25,8 +25,8 @@ def defense_path(tmp_path, monkeypatch):
 def _run(path, **kw):
     profile = get_profile("smoke")  # batches of 8: 10 images make two batches
     kw = {"attack": ATTACK, "protocol": "whole-model", "device": torch.device("cpu"), **kw}
-    kw = {"n": 10, "draws": 3, **kw}
-    return evaluate_defense(path, profile, sanity=False, **kw)
+    kw = {"n": 10, "draws": 3, "sanity": False, **kw}
+    return evaluate_defense(path, profile, **kw)
 
 
 def _stable(record):
@@ -100,3 +100,9 @@ def test_clean_accuracy_is_computed_once_and_matches_either_protocol(defense_pat
     out.unlink()
     direct, _ = _run(defense_path, protocol="classifier-only", attack=clean)
     assert "same_as" not in direct and direct["per_sample"] == copy["per_sample"]
+
+
+def test_the_bare_classifier_check_attacks_every_record_image(defense_path):
+    record, _ = _run(defense_path, sanity=True)
+    assert record["n"] == 10 and record["sanity"]["bare_classifier"]["n"] == 10
+    assert record["sanity"]["more_budget"]["passed"] is not None  # the rest: on sanity_n (8)

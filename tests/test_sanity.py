@@ -100,3 +100,32 @@ def test_named_networks_share_repeated_checks_and_get_the_same_verdicts():
     assert shared == alone and calls_shared < calls_alone
     other, calls_other = checks(bim, ("defense-b", "classifier-1"))  # bare check: defense-a's
     assert other == alone and calls_shared < calls_other < calls_alone
+
+
+def _near_threshold(n, survivors):
+    """Images the Brightness classifier gets right; all but `survivors` sit 1/255 from its
+    threshold (an 8/255 attack flips them), the rest far from it (none can)."""
+    y = torch.arange(n) % 2
+    offset = torch.full((n,), 1 / 255)
+    offset[:survivors] = 0.2
+    x = 0.5 + (2 * y - 1).float() * offset
+    return (x.view(-1, 1, 1, 1).expand(n, 3, 32, 32) * 255).round().to(torch.uint8), y
+
+
+def test_the_bare_classifier_check_judges_all_the_images_it_is_given():
+    """One survivor among the 8 sanity images fails 'near 0' (12.5%); among 32 it passes."""
+    model = DefendedModel(
+        Brightness(), PassThrough(), RandomTransform(TransformConfig(kind="none"))
+    )
+    attack = AttackConfig(name="pgd", steps=5)
+    kw = {"draws": 1, "batch_size": 8, "square_queries": 20}
+    x8, y8 = _near_threshold(8, 1)
+    alone = sanity_checks(model, attack, x8, y8, "whole-model", 0.0, "cpu", **kw)
+    assert alone["bare_classifier"]["passed"] is False
+    assert alone["bare_classifier"]["accuracy"] == 1 / 8 and alone["bare_classifier"]["n"] == 8
+    bare_data = _near_threshold(32, 1)
+    wider = sanity_checks(
+        model, attack, x8, y8, "whole-model", 0.0, "cpu", **kw, bare_data=bare_data
+    )
+    assert wider["bare_classifier"] == {"passed": True, "accuracy": 1 / 32, "n": 32}
+    assert wider["large_eps"] == alone["large_eps"]  # the other checks keep the 8 images
