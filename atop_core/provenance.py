@@ -19,7 +19,8 @@ UNRECORDED = "unrecorded"  # results written before they named their code
 def code_version() -> dict[str, str | None]:
     """`sources`: the SHA-256 of every `atop_core/**/*.py` (paths and bytes; exact, whatever the
     checkout), and `git`: the checkout's commit, with `+changes` when atop_core/ differs from it,
-    or None outside a git checkout (for looking the code up, not for identity)."""
+    or None outside a git checkout (for looking the code up, not for identity). Read once per
+    process: a kernel that reloads edited modules keeps the version it started with."""
     h = hashlib.sha256()
     for path in sorted(PACKAGE.rglob("*.py")):
         h.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
@@ -49,5 +50,5 @@ def short(version: dict | None) -> str:
     for results written before versions were recorded."""
     if not version:
         return UNRECORDED
-    git = version.get("git")
-    return version["sources"][:SHORT] + (f" (git {git[:7]}{git[40:]})" if git else "")
+    commit, plus, changes = (version.get("git") or "").partition("+")
+    return version["sources"][:SHORT] + (f" (git {commit[:7]}{plus}{changes})" if commit else "")

@@ -203,7 +203,7 @@ def evaluate_defense(
             square_queries=ev.square_queries,
             defense_seed=seed,
             identity=(header["defense"]["sha256"], network_digest(defense.classifier)),
-            bare_data=(sub.images[:hi], sub.labels[:hi]),
+            bare_data=(sub.images[:hi], sub.labels[:hi]),  # shard 0's (all, unsharded)
         )
     record.update(
         sanity=checks,

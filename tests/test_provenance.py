@@ -30,11 +30,13 @@ def test_the_installed_package_names_its_commit():
     version = provenance.code_version()
     assert version == provenance.code_version.__wrapped__()
     if version["git"] is not None:  # a git checkout: a full commit, maybe with +changes
-        assert len(version["git"].removesuffix("+changes")) == 40
+        assert len(version["git"].removesuffix("+changes")) in (40, 64)  # SHA-1 or SHA-256
     assert provenance.short(version).startswith(version["sources"][:12])
     assert provenance.short(None) == "unrecorded"
     full = {"sources": "ab" * 32, "git": "1234567" + "0" * 33 + "+changes"}
     assert provenance.short(full) == "abababababab (git 1234567+changes)"
+    sha256_repo = {"sources": "ab" * 32, "git": "7654321" + "0" * 57}
+    assert provenance.short(sha256_repo) == "abababababab (git 7654321)"
 
 
 def test_records_and_defense_sidecars_carry_the_code(tmp_path, monkeypatch):
