@@ -2,12 +2,13 @@
 # Regenerate every table, figure and REPORT.md at one profile (default: quick, DESIGN §5-6).
 #   bash run_all.sh [--profile smoke|quick|paper] [--datasets cifar10,imagenette] [--jobs N]
 #                   [--from data|train|notebooks|report] [--data-dir DIR] [--device auto|cpu|cuda]
-#                   [--notebooks DIR] [--force]
+#                   [--amp auto|on|off] [--notebooks DIR] [--force]
 # Stages: data (decode and fix the evaluation indices), train (the method's chain), notebooks
 # (papermill per dataset into outputs/<profile>/<dataset>/; records to results/<profile>/, figures
 # to figures/<profile>/), report (tables/<profile>/ and REPORT.md). A notebook whose executed copy
 # is newer than it and than atop_core/ is skipped (--force reruns it); evaluations resume from
-# their records anyway. Stops at the first failing notebook, naming it and its log.
+# their records anyway. Stops at the first failing notebook, naming it and its log. --amp sets
+# ATOP_AMP: bf16 autocast for attacks and training (auto: on for CUDA; atop_core/precision.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,12 +29,16 @@ while [ $# -gt 0 ]; do
     --notebooks) notebooks="$2"; shift 2 ;;
     --force) force=1; shift ;;
     --data-dir) export ATOP_DATA_DIR="$(cd "$2" && pwd)"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --amp) export ATOP_AMP="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_all: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$from" in data|train|notebooks|report) ;; *)
   echo "run_all: --from must be data, train, notebooks or report, got '$from'" >&2; exit 2 ;;
+esac
+case "${ATOP_AMP:-auto}" in auto|on|off) ;; *)
+  echo "run_all: --amp (or ATOP_AMP) must be auto, on or off, got '$ATOP_AMP'" >&2; exit 2 ;;
 esac
 if [ -z "${ATOP_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   export ATOP_DATA_DIR="$(cd ../shared/data && pwd)"

@@ -13,10 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from atop_core.attacks import AttackConfig
-from atop_core.config import ENV_DATA_DIR, PROFILES, Profile, get_profile, resolve_device, settings
+from atop_core.config import (
+    ENV_AMP,
+    ENV_DATA_DIR,
+    PROFILES,
+    Profile,
+    get_profile,
+    resolve_device,
+    settings,
+)
 from atop_core.data import DataFormatError, DataNotFoundError, eval_subset, load_dataset
 from atop_core.io import write_json
 from atop_core.pipeline import train_chain
+from atop_core.precision import AMP_CHOICES
 from atop_core.records import evaluate_defense, parse_shard
 from atop_core.results import merge_all
 
@@ -170,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", help=f"local dataset copies (overrides ${ENV_DATA_DIR})")
     parser.add_argument("--datasets", nargs="+", help="subset of the profile's datasets")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1...")
+    parser.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        help=f"bf16 autocast for attacks and training (overrides ${ENV_AMP}; auto: on for CUDA)",
+    )
     evaluation = parser.add_argument_group("evaluate")
     evaluation.add_argument(
         "--defense", nargs="+", help="defense checkpoint(s), or names with --dataset"
@@ -191,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.data_dir:
         os.environ[ENV_DATA_DIR] = args.data_dir
+    if args.amp:
+        os.environ[ENV_AMP] = args.amp
     overrides = {"datasets": tuple(args.datasets)} if args.datasets else {}
     profile = get_profile(args.profile, **overrides)
     if args.command == "evaluate":

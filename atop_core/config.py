@@ -19,15 +19,17 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ENV_DATA_DIR = "ATOP_DATA_DIR"  # folder holding local dataset copies (shared/data/README.md)
 ENV_CACHE_DIR = "ATOP_CACHE_DIR"  # where decoded datasets and torchvision downloads are kept
 ENV_HOME = "ATOP_HOME"  # where indices/, checkpoints/, results/, figures/ and tables/ live
+ENV_AMP = "ATOP_AMP"  # auto | on | off: bf16 autocast for attacks and training (precision.py)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Locations on this machine. Built from the environment by `settings()`."""
+    """Locations and switches on this machine. Built from the environment by `settings()`."""
 
     data_dir: Path | None
     cache_dir: Path
     home: Path
+    amp: str = "auto"  # validated where it is used (`precision.amp_enabled`)
 
     @property
     def indices_dir(self) -> Path:
@@ -66,6 +68,7 @@ def settings() -> Settings:
         data_dir=Path(data_dir).expanduser() if data_dir else None,
         cache_dir=Path(os.environ.get(ENV_CACHE_DIR) or xdg_cache / "atop_core").expanduser(),
         home=Path(os.environ.get(ENV_HOME) or _default_home()).expanduser(),
+        amp=(os.environ.get(ENV_AMP) or "auto").strip().lower(),
     )
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from atop_core.attacks import AttackConfig
+from atop_core.attacks import ATTACKS, AttackConfig
 from atop_core.config import Profile, settings
 from atop_core.data import eval_subset, indices_sha256, load_dataset, shrink
 from atop_core.defense import load_defense
 from atop_core.evaluate import SEED_STRIDE, check_protocol, evaluate
 from atop_core.io import write_json
+from atop_core.precision import BF16, amp_enabled
 from atop_core.results import (
     SCHEMA,
     describe_defense,
@@ -148,6 +149,8 @@ def evaluate_defense(
         "batch_size": ev.batch_size,
         "seeding": f"batch b: defense seed * {SEED_STRIDE} + b, attack seed * {SEED_STRIDE} + b",
     }
+    if amp_enabled(device) and not ATTACKS[attack.name].float32:
+        header["precision"] = BF16  # absent: float32, as in every record before this field
     out = record_path(
         settings().results_dir,
         profile.name,

@@ -21,7 +21,7 @@ from atop_core.provenance import code_version
 SCHEMA = 1
 # Fields that define a run: a file on disk is resumed (or merged) only if all of them agree.
 RUN_KEYS = ("schema", "dataset", "split", "profile", "protocol", "indices", "defense", "attack")
-RUN_KEYS += ("draws", "batch_size", "seeding")
+RUN_KEYS += ("draws", "batch_size", "seeding", "precision")
 SHARD_RE = re.compile(r"__shard-(\d+)-of-(\d+)\.json$")
 Z_95 = 1.959964  # two-sided 95% normal quantile
 
@@ -190,7 +190,7 @@ def merge_shards(paths: list[Path]) -> dict:
     per_sample = {
         key: [v for r in records for v in r["per_sample"][key]] for key in records[0]["per_sample"]
     }
-    merged = {key: records[0].get(key) for key in RUN_KEYS if key != "indices"}
+    merged = {key: records[0][key] for key in RUN_KEYS if key != "indices" and key in records[0]}
     merged["indices"] = {**records[0]["indices"], "shard": None}
     merged.update(
         per_sample=per_sample,

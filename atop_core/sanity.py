@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from atop_core.attacks import AttackConfig
 from atop_core.defense import DefendedModel
 from atop_core.evaluate import evaluate
+from atop_core.precision import precision_name
 from atop_core.results import wilson_interval
 
 NEAR_ZERO = 0.10  # "accuracy near 0": at most this fraction survives a huge budget
@@ -59,7 +60,8 @@ def _accuracy(
         images = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in data))
         judging = json.dumps({k: str(v) for k, v in kw.items()}, sort_keys=True)
         attack_key = json.dumps(attack.describe(), sort_keys=True)
-        key = (who, attack_key, protocol, images.hexdigest(), judging)
+        precision = precision_name(kw["device"])  # ATOP_AMP may change within a process
+        key = (who, attack_key, protocol, images.hexdigest(), judging, precision)
         if key in _MEASURED:
             return _MEASURED[key]
     acc = evaluate(net, attack, *data, protocol, **kw)["accuracy"]["single"]

@@ -21,6 +21,7 @@ from atop_core.io import save_torch, write_json
 from atop_core.nets.classifiers import single_view
 from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
 from atop_core.nets.purifiers import AePurifier, resize_to, to_work_size
+from atop_core.precision import autocast, precision_name
 from atop_core.transforms import RandomTransform
 
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, float]]
@@ -116,7 +117,9 @@ def fit(
     save_every_s: float = 120.0,
 ) -> TrainState:
     """Run `step_fn` over shuffled uint8 `images` until `epochs` are done, resuming from
-    `ckpt_path` when it holds an unfinished run; returns the state with its per-epoch log."""
+    `ckpt_path` when it holds an unfinished run; returns the state with its per-epoch log.
+    Steps run under bf16 autocast where `ATOP_AMP` turns it on (`precision.py`; parameters and
+    optimiser states stay float32); each epoch's log entry names its precision."""
     ckpt_path = Path(ckpt_path)
     if ckpt_path.exists():
         state.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False))
@@ -133,7 +136,10 @@ def fit(
         )
         for idx in batches[state.step :]:
             x = images[idx].to(device, non_blocking=True).float().div_(255)
-            metrics = step_fn(x, labels[idx].to(device), _generator(seed, state.epoch, state.step))
+            with autocast(device):
+                metrics = step_fn(
+                    x, labels[idx].to(device), _generator(seed, state.epoch, state.step)
+                )
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             count, state.step = count + 1, state.step + 1
@@ -147,6 +153,7 @@ def fit(
             "epoch": state.epoch + 1,
             **{k: v / max(count, 1) for k, v in sums.items()},
             "train_s": round(time.monotonic() - start, 1),
+            "precision": precision_name(device),
         }
         record.update(eval_fn() if eval_fn else {})
         state.log.append(record)

@@ -18,6 +18,7 @@ def isolated_env(tmp_path, monkeypatch):
     """Every test gets its own cache and home, so no test reads another's artifacts."""
     monkeypatch.setenv("ATOP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ATOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ATOP_AMP", "auto")  # the default; also undoes `main(["--amp", ...])`
     data_dir = os.environ.get("ATOP_DATA_DIR")
     yield
     # `main(["--data-dir", ...])` sets the variable for its process, as a command should; undo

@@ -14,11 +14,13 @@ model ([0,1] images -> logits) and a batch in [0,1] to adversarial images in [0,
   themselves (torchattacks' `eot_iter`), seeing one draw per forward; every other attack sees a
   forward that averages logits over `eot` draws. The model's `eot` and `mode` are set for the
   attack and restored after it. On a plain classifier `eot` changes nothing.
+- Precision: attacks run under bf16 autocast where `ATOP_AMP` turns it on (on CUDA by default;
+  `precision.py`), except Square, whose query-by-query margin comparisons bf16 logits would round.
 """
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
@@ -29,6 +31,7 @@ from atop_core.attacks import cw, eot, library, stadv
 from atop_core.attacks.eot import EOT_PASS, bpda_loss, eot_grad, eot_loss
 from atop_core.config import EPS_LINF
 from atop_core.defense import DefendedModel
+from atop_core.precision import autocast
 from atop_core.registry import Registry
 
 EPS_L2 = 0.5  # DiffPure's L2 budget on CIFAR-10 (DESIGN §4; the paper's own is not known)
@@ -43,7 +46,8 @@ OPTIONAL = ("steps", "alpha", "queries", "search_steps", "const", "lr", "kappa",
 TAG_KEYS = {"eps": "eps", "alpha": "alpha", "queries": "q", "search_steps": "bs", "const": "c"}
 TAG_KEYS |= {"lr": "lr", "kappa": "kappa", "tau": "tau"}
 
-FLAGS = ("steps_in_tag", "eot_loop", "targets_classes")  # AttackSpec's switches, not defaults
+# AttackSpec's switches, not defaults
+FLAGS = ("steps_in_tag", "eot_loop", "targets_classes", "float32")
 AttackRun = Callable[[nn.Module, Tensor, Tensor, "AttackConfig"], Tensor]
 ATTACKS = Registry("attack")
 
@@ -64,6 +68,7 @@ class AttackSpec:
     steps_in_tag: bool = True  # False: steps appear in the tag only when not the default
     eot_loop: bool = False  # the attack loops over draws itself: the model's forward draws once
     targets_classes: bool = False  # reads num_classes (AutoAttack's targeted runs)
+    float32: bool = False  # never autocast: the attack compares losses query by query (Square)
 
 
 def _register(name: str, run: AttackRun, norm: str, **options: object) -> None:
@@ -89,8 +94,9 @@ _register("autoattack", library.autoattack, "linf", **_AA_STANDARD)
 _register("autoattack-l2", library.autoattack, "l2", **_AA_STANDARD)
 _register("autoattack-rand", library.autoattack_rand, "linf", **_AA_RAND)
 _register("autoattack-rand-l2", library.autoattack_rand, "l2", **_AA_RAND)
-_register("square", library.square, "linf", queries=SQUARE_QUERIES)
-_register("square-l2", library.square, "l2", queries=SQUARE_QUERIES)  # the sanity check's L2
+_register("square", library.square, "linf", queries=SQUARE_QUERIES, float32=True)
+# the sanity check's L2 Square
+_register("square-l2", library.square, "l2", queries=SQUARE_QUERIES, float32=True)
 _register("cw-l2", cw.cw_l2, "l2", **_CW)
 _register("stadv", stadv.stadv, "flow", steps=STADV_STEPS, lr=stadv.LR, tau=stadv.TAU)
 _register("bpda-eot", eot.bpda_eot, "linf", **_PGD)
@@ -248,15 +254,17 @@ def attack_mode(model: nn.Module, draws: int) -> Iterator[None]:
 
 
 def run_attack(model: nn.Module, cfg: AttackConfig, x: Tensor, y: Tensor) -> Tensor:
-    """Adversarial images for (x, y), detached; the model is put in eval mode and left there."""
+    """Adversarial images for (x, y), detached; the model is put in eval mode and left there.
+    The attack's passes run under bf16 autocast where `ATOP_AMP` turns it on (`precision.py`)."""
     check_inputs(x, y)
     spec = ATTACKS[cfg.name]
     model.eval()
     draws = 1 if spec.eot_loop or cfg.eot is None else cfg.eot
     devices = [x.device] if x.device.type == "cuda" else []
-    with attack_mode(model, draws), torch.random.fork_rng(devices=devices):
+    precision = nullcontext() if spec.float32 else autocast(x.device)
+    with attack_mode(model, draws), torch.random.fork_rng(devices=devices), precision:
         torch.manual_seed(cfg.seed)
-        return spec.run(model, x, y, cfg).detach()
+        return spec.run(model, x, y, cfg).detach().to(x.dtype)
 
 
 __all__ = [
