@@ -13,7 +13,7 @@ import torch
 
 from atop_core.config import resolve_device
 from atop_core.registry import Registry
-from bench import baseline, evaluation, finetune, memory, roofline
+from bench import baseline, evaluation, finetune, memory, precision, roofline
 from bench.harness import GIB, RESULTS_DIR, format_table, machine, peak_rss_bytes, write_result
 from bench.workloads import BenchConfig
 
@@ -24,6 +24,7 @@ for _name, _module in (
     ("baseline", baseline),
     ("finetune", finetune),
     ("memory", memory),
+    ("precision", precision),  # in the default set on CUDA only (DEFAULT_CUDA_ONLY)
 ):
     BENCHMARKS.register(_name)(_module.run)
 
@@ -38,13 +39,23 @@ COLUMNS = {
     "finetune": ["arch", "purifier", "layout", "batch", "images_per_s", "gflop_per_s"]
     + ["fraction_of_conv_peak"],
     "memory": ["kind", "arch", "purifier", "style", "images", "eot", "pass_size", "peak_rss_gib"],
+    "precision": ["arch", "purifier", "images", "images_per_s_float32", "images_per_s_bf16"]
+    + ["bf16_speedup"],
+    "precision/fidelity": ["defense", "bf16_cosine", "bf16_sign_agreement", "draws_cosine"]
+    + ["draws_sign_agreement"],
 }
 QUICK = {"archs": ("quick",), "repeats": 2, "budget_s": 5.0, "steps": 1}
+# bf16 runs emulated on a CPU without it (AVX2): many minutes for numbers of no use there
+DEFAULT_CUDA_ONLY = ("precision",)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("names", nargs="*", help=f"benchmarks to run (default all: {list(BENCHMARKS)})")
+    ap.add_argument(
+        "names",
+        nargs="*",
+        help=f"benchmarks to run (default: {list(BENCHMARKS)}, {DEFAULT_CUDA_ONLY} on CUDA only)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--archs", nargs="+", default=None, help="profiles whose nets to use")
     ap.add_argument("--purifiers", nargs="+", default=None, choices=("gan", "ae"))
@@ -62,6 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="bf16 autocast (default: on for cuda, off for cpu)",
     )
+    ap.add_argument(
+        "--defenses", nargs="+", help="trained defense files for `precision` (default: quick's)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     ap.add_argument("--quick", action="store_true", help=f"a fast look: {QUICK}")
     ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
@@ -75,7 +89,7 @@ def make_config(args: argparse.Namespace, device: torch.device) -> BenchConfig:
     for a, n in (("quick", args.images_quick), ("paper", args.images_paper)):
         images[a] = n or images[a]
     fields["images"] = images
-    for name in ("archs", "purifiers", "steps", "eot", "batch", "repeats", "budget_s"):
+    for name in ("archs", "purifiers", "steps", "eot", "batch", "repeats", "budget_s", "defenses"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = tuple(value) if isinstance(value, list) else value
@@ -93,8 +107,13 @@ def tables(name: str, result: dict) -> str:
         out += f"threads: {result['threads']}\n"
     if name == "baseline":
         out += format_table(result["effects"], COLUMNS["baseline/effects"], "-- effects")
+    if name == "precision":
+        title = "-- gradient fidelity (trained defenses)"
+        out += format_table(result["fidelity"], COLUMNS["precision/fidelity"], title)
+        if not result["fidelity"]:
+            out += "no trained defense found: pass --defenses, or run_all.sh first\n"
     if name == "roofline":
-        out += f"peaks (GFLOP/s): {result['peak_gflop_per_s']}\n"
+        out += f"peaks (GFLOP/s, {result['dtype']}): {result['peak_gflop_per_s']}\n"
     return out
 
 
@@ -112,12 +131,13 @@ def _file(name: str, tag: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    names = args.names or list(BENCHMARKS)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    names = args.names or [n for n in BENCHMARKS if cuda or n not in DEFAULT_CUDA_ONLY]
     for name in names:
         BENCHMARKS.get_entry(name)  # refuses unknown names before anything runs
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
     cfg = make_config(args, device)
     results = {}
     for name in [n for n in BENCHMARKS if n in names]:

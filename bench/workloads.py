@@ -51,6 +51,9 @@ class BenchConfig:
     budget_s: float = 20.0  # stop repeating a measurement after this long (at least one repeat)
     compile: bool = False  # also time torch.compile'd networks
     amp: bool = False  # bf16 autocast (meant for GPUs; AVX2 CPUs have no fast bf16)
+    # trained defense files for `precision`'s gradient comparison (random weights are chaotic);
+    # empty: each arch's checkpoints/<arch>/cifar10/defense-<purifier>-rt2-atop.pt that exists
+    defenses: tuple[str, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
