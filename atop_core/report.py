@@ -18,6 +18,7 @@ import pandas as pd
 from atop_core.analysis import attack_strength
 from atop_core.config import PROFILES
 from atop_core.io import write_bytes_atomic
+from atop_core.precision import FLOAT32
 from atop_core.provenance import UNRECORDED
 from atop_core.tables import (
     INFERRED_MARK,
@@ -217,6 +218,17 @@ def code_statement(done: pd.DataFrame) -> str:
     )
 
 
+def precision_statement(done: pd.DataFrame) -> str:
+    """Says how many records were attacked under bf16 autocast; nothing when none was."""
+    bf16 = int((done["precision"] != FLOAT32).sum()) if "precision" in done else 0
+    if not bf16:
+        return ""
+    return (
+        f"Precision: {bf16} of {len(done)} records were attacked under bf16 autocast "
+        "(`ATOP_AMP`; judged in float32), the others in float32."
+    )
+
+
 def header_blocks(profile: str, frame: pd.DataFrame, results_path: Path) -> list[Block]:
     done = frame[frame["complete"].astype(bool)]
     datasets = ", ".join(sorted(set(done["dataset"]))) or "none"
@@ -226,6 +238,8 @@ def header_blocks(profile: str, frame: pd.DataFrame, results_path: Path) -> list
         f"{int(done['unreliable'].map(lambda v: v is True).sum())} marked unreliable; "
         f"{int(done['unreliable'].isna().sum())} not sanity-checked. {code_statement(done)}"
     )
+    if precision := precision_statement(done):
+        counts += f" {precision}"
     return [
         ("h", (1, f"AToP reproduction report: profile `{profile}`")),
         ("scale", scale_statement(profile)),

@@ -19,6 +19,7 @@ import yaml
 
 from atop_core.config import PROFILES
 from atop_core.io import read_json
+from atop_core.precision import FLOAT32
 from atop_core.provenance import short
 from atop_core.results import SHARD_RE
 
@@ -117,6 +118,7 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
         "complete": record.get("complete", True),
         "schema": record.get("schema", 0),
         "code": short((record.get("env") or {}).get("atop_core")),
+        "precision": record.get("precision", FLOAT32),  # absent: float32 (`precision.py`)
     }
     for k in READINGS:
         row[k] = record["accuracy"][k]
@@ -127,6 +129,7 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
 FRAME_COLUMNS = ("dataset", "profile", "protocol", "defense", "classifier", "purifier")
 FRAME_COLUMNS += ("transform", "atop", "adversarial_training", "attack", "tag", "steps", "eot")
 FRAME_COLUMNS += ("eps", "n", "indices", "draws", "unreliable", "complete", "schema", "code")
+FRAME_COLUMNS += ("precision",)
 FRAME_COLUMNS += tuple(f"{k}{s}" for k in READINGS for s in ("", "_lo", "_hi"))
 
 

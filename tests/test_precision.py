@@ -232,3 +232,22 @@ def test_the_command_line_flag_sets_the_switch(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["merge", "--amp", "fast"])
     assert "invalid choice: 'fast'" in capsys.readouterr().err
+
+
+def test_the_report_header_counts_records_attacked_under_bf16():
+    import pandas as pd
+
+    from atop_core.report import precision_statement
+    from atop_core.tables import record_row
+
+    assert precision_statement(pd.DataFrame({"precision": [FLOAT32] * 3})) == ""
+    mixed = pd.DataFrame({"precision": [BF16, FLOAT32, BF16]})
+    assert precision_statement(mixed).startswith(
+        "Precision: 2 of 3 records were attacked under bf16"
+    )
+    record = {"dataset": "cifar10", "profile": "smoke", "protocol": "whole-model", "n": 1}
+    record |= {"defense": {"name": "d"}, "attack": {"name": "pgd"}}
+    record |= {"accuracy": dict.fromkeys(("single", "vote", "worst"), 0.0)}
+    record |= {"interval": dict.fromkeys(("single", "vote", "worst"), [0.0, 1.0])}
+    assert record_row(record)["precision"] == FLOAT32
+    assert record_row({**record, "precision": BF16})["precision"] == BF16
