@@ -22,7 +22,9 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || 
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-timeout 300 python3 -m bench roofline eval --device cuda --amp --archs quick paper \
+# whole evaluation batches (64 images, the profiles' batch_size): the CPU defaults time 16 paper ones
+sizes=(--archs quick paper --images-quick 256 --images-paper 64 --budget-s 10)
+timeout 300 python3 -m bench roofline eval --device cuda --amp "${sizes[@]}" \
     --out-dir "$out" --tag cuda 2>&1 | tee "$out/bench-eval.log"
-timeout 180 python3 -m bench precision --device cuda --archs quick paper \
+timeout 180 python3 -m bench precision --device cuda "${sizes[@]}" \
     --out-dir "$out" --tag cuda 2>&1 | tee "$out/bench-precision.log"
