@@ -110,6 +110,7 @@ def test_square_stays_in_float32_under_autocast(monkeypatch):
     run_attack(probe, AttackConfig(name="square", queries=5), x, y)
     assert probe.calls and not any(autocast for _, autocast in probe.calls)
     assert ATTACKS["square-l2"].float32 and not ATTACKS["pgd-eot"].float32
+    assert ATTACKS["clean"].float32  # nothing runs: a clean record never says bf16
 
 
 def test_adversarial_images_keep_the_input_dtype_under_autocast(monkeypatch):
@@ -161,8 +162,10 @@ def defense_path(tmp_path, monkeypatch):
     return save_tiny_defense(tmp_path / "defense-ae-rt2-atop.pt")
 
 
-def _record(path):
-    attack = AttackConfig(name="pgd-eot", steps=1, eot=2, seed=1)
+PGD_EOT = AttackConfig(name="pgd-eot", steps=1, eot=2, seed=1)
+
+
+def _record(path, attack=PGD_EOT):
     kw = {"protocol": "whole-model", "device": CPU, "n": 10, "draws": 2, "sanity": False}
     return evaluate_defense(path, get_profile("smoke"), attack, **kw)
 
@@ -178,6 +181,8 @@ def test_a_record_says_when_it_was_attacked_under_bf16_and_is_never_mixed(
     out.unlink()
     record, _ = _record(defense_path)
     assert record["precision"] == BF16 and json.loads(out.read_text())["precision"] == BF16
+    clean, _ = _record(defense_path, AttackConfig(name="clean"))
+    assert "precision" not in clean  # nothing was attacked
 
 
 def test_training_steps_run_under_autocast_and_the_log_says_so(tmp_path, monkeypatch):

@@ -68,7 +68,9 @@ class AttackSpec:
     steps_in_tag: bool = True  # False: steps appear in the tag only when not the default
     eot_loop: bool = False  # the attack loops over draws itself: the model's forward draws once
     targets_classes: bool = False  # reads num_classes (AutoAttack's targeted runs)
-    float32: bool = False  # never autocast: the attack compares losses query by query (Square)
+    # never autocast: Square compares losses query by query; clean runs nothing (its records
+    # then never say bf16)
+    float32: bool = False
 
 
 def _register(name: str, run: AttackRun, norm: str, **options: object) -> None:
@@ -82,7 +84,7 @@ _AA_STANDARD = {**_AA, "queries": SQUARE_QUERIES, "targets_classes": True}
 _AA_RAND = {**_AA, "eot": AA_EOT, "eot_loop": True}
 _CW = {"eps": math.inf, "steps": CW_STEPS, "search_steps": cw.SEARCH_STEPS, "lr": cw.LR}
 _CW |= {"const": cw.INITIAL_CONST, "kappa": 0.0}
-_register("clean", library.clean, "none")
+_register("clean", library.clean, "none", float32=True)
 _register("fgsm", library.fgsm, "linf")
 _register("bim", library.bim, "linf", **_PGD)
 _register("pgd", library.pgd, "linf", **_PGD)
