@@ -68,7 +68,7 @@ def settings() -> Settings:
         data_dir=Path(data_dir).expanduser() if data_dir else None,
         cache_dir=Path(os.environ.get(ENV_CACHE_DIR) or xdg_cache / "atop_core").expanduser(),
         home=Path(os.environ.get(ENV_HOME) or _default_home()).expanduser(),
-        amp=(os.environ.get(ENV_AMP) or "auto").strip().lower(),
+        amp=os.environ.get(ENV_AMP) or "auto",  # as run_all.sh checks it: auto, on or off
     )
 
 

@@ -40,10 +40,13 @@ def amp_enabled(device: torch.device | str) -> bool:
     return True
 
 
-def autocast(device: torch.device | str) -> AbstractContextManager:
-    """bf16 autocast on `device` when `amp_enabled`, else a context that changes nothing."""
+def autocast(device: torch.device | str, enabled: bool | None = None) -> AbstractContextManager:
+    """bf16 autocast on `device` when `enabled` (None: `amp_enabled(device)`), else a context
+    that changes nothing. A loop resolves `enabled` once and passes it, rather than reading the
+    setting at every step."""
     device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_enabled(device))
+    enabled = amp_enabled(device) if enabled is None else enabled
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def precision_name(device: torch.device | str) -> str:

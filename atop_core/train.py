@@ -21,7 +21,7 @@ from atop_core.io import save_torch, write_json
 from atop_core.nets.classifiers import single_view
 from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
 from atop_core.nets.purifiers import AePurifier, resize_to, to_work_size
-from atop_core.precision import autocast, precision_name
+from atop_core.precision import BF16, FLOAT32, amp_enabled, autocast
 from atop_core.transforms import RandomTransform
 
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, float]]
@@ -124,6 +124,7 @@ def fit(
     if ckpt_path.exists():
         state.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False))
     last_save = time.monotonic()
+    amp = amp_enabled(device)  # once per run: every step and log entry agree
     while state.epoch < epochs:
         start, sums, count = time.monotonic(), {}, 0
         batches = epoch_batches(len(images), batch_size, seed, state.epoch)
@@ -136,7 +137,7 @@ def fit(
         )
         for idx in batches[state.step :]:
             x = images[idx].to(device, non_blocking=True).float().div_(255)
-            with autocast(device):
+            with autocast(device, amp):
                 metrics = step_fn(
                     x, labels[idx].to(device), _generator(seed, state.epoch, state.step)
                 )
@@ -153,7 +154,7 @@ def fit(
             "epoch": state.epoch + 1,
             **{k: v / max(count, 1) for k, v in sums.items()},
             "train_s": round(time.monotonic() - start, 1),
-            "precision": precision_name(device),
+            "precision": BF16 if amp else FLOAT32,
         }
         record.update(eval_fn() if eval_fn else {})
         state.log.append(record)

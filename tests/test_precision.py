@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -77,9 +78,10 @@ def test_auto_turns_autocast_on_for_a_cuda_device_with_bf16(monkeypatch):
     assert not amp_enabled("cuda")
 
 
-def test_a_bad_setting_is_refused_naming_it_and_the_choices(monkeypatch):
-    monkeypatch.setenv("ATOP_AMP", "fast")
-    with pytest.raises(ValueError, match=r"ATOP_AMP='fast'.*'auto', 'on', 'off'"):
+@pytest.mark.parametrize("value", ["fast", "ON"])  # exact, as run_all.sh checks it
+def test_a_bad_setting_is_refused_naming_it_and_the_choices(monkeypatch, value):
+    monkeypatch.setenv("ATOP_AMP", value)
+    with pytest.raises(ValueError, match=rf"ATOP_AMP='{value}'.*'auto', 'on', 'off'"):
         amp_enabled("cpu")
 
 
@@ -230,8 +232,6 @@ def test_the_gan_purifier_trains_under_autocast(monkeypatch):
 
 
 def test_the_command_line_flag_sets_the_switch(monkeypatch, capsys):
-    import os
-
     main(["merge", "--profile", "smoke", "--amp", "off"])
     assert os.environ["ATOP_AMP"] == "off"
     with pytest.raises(SystemExit):
