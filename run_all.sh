@@ -4,8 +4,9 @@
 #                   [--from data|train|notebooks|report] [--data-dir DIR] [--device auto|cpu|cuda]
 #                   [--amp auto|on|off] [--notebooks DIR] [--force]
 # Stages: data (decode and fix the evaluation indices), train (the method's chain), notebooks
-# (papermill per dataset into outputs/<profile>/<dataset>/; records to results/<profile>/, figures
-# to figures/<profile>/), report (tables/<profile>/ and REPORT.md). A notebook whose executed copy
+# (papermill per dataset into outputs/<profile>/<dataset>/, progress bars as text and outputs tidied
+# for committing; records to results/<profile>/, figures to figures/<profile>/), report
+# (tables/<profile>/ and REPORT.md). A notebook whose executed copy
 # is newer than it and than atop_core/ is skipped (--force reruns it); evaluations resume from
 # their records anyway. Stops at the first failing notebook, naming it and its log. --amp sets
 # ATOP_AMP: bf16 autocast for attacks and training (auto: on for CUDA; atop_core/precision.py).
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --force) force=1; shift ;;
     --data-dir) export ATOP_DATA_DIR="$(cd "$2" && pwd)"; shift 2 ;;
     --amp) export ATOP_AMP="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run_all: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -76,8 +77,8 @@ run_notebook() {  # run_notebook NAME DATASET [papermill -p pairs...]: execute o
   fi
   echo "run_all: running $notebooks/$name ${args[*]} -> $out"
   local began=$SECONDS
-  if ! python -m papermill "$notebooks/$name" "$out" "${args[@]}" -k python3 \
-       --log-level WARNING >"$log" 2>&1; then
+  if ! ATOP_PROGRESS=text python -m papermill "$notebooks/$name" "$out" "${args[@]}" -k python3 \
+       --log-level WARNING >"$log" 2>&1 || ! python -m atop_core.jupyter "$out" >>"$log" 2>&1; then
     echo "run_all: FAILED: notebook $notebooks/$name (dataset ${dataset:-all}); log: $log" >&2
     tail -n 20 "$log" | tr '\r' '\n' | grep -v 'it/s\|s/it' | tail -n 12 >&2
     return 1

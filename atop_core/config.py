@@ -20,6 +20,7 @@ ENV_DATA_DIR = "ATOP_DATA_DIR"  # folder holding local dataset copies (shared/da
 ENV_CACHE_DIR = "ATOP_CACHE_DIR"  # where decoded datasets and torchvision downloads are kept
 ENV_HOME = "ATOP_HOME"  # where indices/, checkpoints/, results/, figures/ and tables/ live
 ENV_AMP = "ATOP_AMP"  # auto | on | off: bf16 autocast for attacks and training (precision.py)
+ENV_PROGRESS = "ATOP_PROGRESS"  # auto | text: how progress bars draw (progress.py)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Settings:
     cache_dir: Path
     home: Path
     amp: str = "auto"  # validated where it is used (`precision.amp_enabled`)
+    progress: str = "auto"  # validated where it is used (`progress.progress`)
 
     @property
     def indices_dir(self) -> Path:
@@ -69,6 +71,7 @@ def settings() -> Settings:
         cache_dir=Path(os.environ.get(ENV_CACHE_DIR) or xdg_cache / "atop_core").expanduser(),
         home=Path(os.environ.get(ENV_HOME) or _default_home()).expanduser(),
         amp=os.environ.get(ENV_AMP) or "auto",  # as run_all.sh checks it: auto, on or off
+        progress=os.environ.get(ENV_PROGRESS) or "auto",
     )
 
 

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from atop_core.config import ENV_DATA_DIR, settings
 from atop_core.io import read_json, save_torch, sha256_file, write_json
+from atop_core.progress import progress
 from atop_core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def _decode_local(spec: DatasetSpec, tree: _LocalTree, split: str) -> ImageTenso
     size = spec.image_size
     images = torch.empty((len(names), 3, size, size), dtype=torch.uint8)
     labels = torch.empty(len(names), dtype=torch.long)
-    for i, name in enumerate(tqdm(names, desc=f"decode {spec.name}/{split}", leave=False)):
+    for i, name in enumerate(progress(names, desc=f"decode {spec.name}/{split}", leave=False)):
         images[i] = _decode_image(tree, name, size)
         labels[i] = index[PurePosixPath(name).parts[-2]]
     return ImageTensorDataset(images, labels, spec.classes, f"local:{tree.path}")
@@ -328,7 +328,8 @@ def _load_torchvision(
 
     def build() -> ImageTensorDataset:
         pairs = [
-            ds[i] for i in tqdm(range(len(ds)), desc=f"convert {spec.name}/{split}", leave=False)
+            ds[i]
+            for i in progress(range(len(ds)), desc=f"convert {spec.name}/{split}", leave=False)
         ]
         images = torch.stack(
             [

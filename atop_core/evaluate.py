@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from atop_core.attacks import AttackConfig, run_attack
 from atop_core.defense import DefendedModel
+from atop_core.progress import progress
 from atop_core.results import append_outcomes, summarize_outcomes
 
 PROTOCOLS = ("whole-model", "classifier-only")
@@ -91,7 +91,7 @@ def evaluate(
     check_protocol(protocol)
     starts = range(skip_batches * batch_size, len(images), batch_size)
     per_sample = {"index": [], "correct_draws": [], "first_draw": []}
-    bar = tqdm(starts, desc=f"{attack.name}/{protocol}", leave=False, mininterval=5)
+    bar = progress(starts, desc=f"{attack.name}/{protocol}", leave=False, mininterval=5)
     for start in bar:
         batch = first_batch + start // batch_size
         x = images[start : start + batch_size].to(device).float().div_(255)

@@ -25,6 +25,7 @@ from atop_core.config import (
 )
 from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, load_dataset
 from atop_core.defense import DefendedModel, save_transform_variant
+from atop_core.jupyter import show_figures_inline
 from atop_core.pipeline import (
     DataBundle,
     defense_path,
@@ -74,6 +75,10 @@ class Run:
     device: torch.device
     seed: int = 0
 
+    def __repr__(self) -> str:  # the profile by name: its fields fill a screen
+        profile, device = self.profile.name, str(self.device)
+        return f"Run({profile=}, dataset={self.dataset!r}, {device=}, seed={self.seed})"
+
     def defense(self, purifier: str, transform: str, atop: bool) -> str:
         """A defense's file (from `train_chain`) by its parts; `purifier` none for baselines."""
         return str(defense_path(self.profile, self.dataset, purifier, transform, atop))
@@ -95,7 +100,9 @@ def setup(
     purifier: str | None = None,
     transform: str | None = None,
 ) -> Run:
-    """Refuse bad notebook parameters in the first cell, naming the value and the choices."""
+    """Refuse bad notebook parameters in the first cell, naming the value and the choices, and
+    have the kernel show the notebook's figures as images."""
+    show_figures_inline()
     DATASETS.get_entry(dataset)  # unknown dataset: lists the known ones
     if purifier is not None and purifier not in PURIFIER_KINDS:
         raise ValueError(f"unknown purifier {purifier!r}; known: {', '.join(PURIFIER_KINDS)}")

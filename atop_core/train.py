@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from atop_core.config import ClassifierConfig, FinetuneConfig, PurifierConfig
 from atop_core.io import save_torch, write_json
@@ -22,6 +21,7 @@ from atop_core.nets.classifiers import single_view
 from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
 from atop_core.nets.purifiers import AePurifier, resize_to, to_work_size
 from atop_core.precision import BF16, FLOAT32, amp_enabled, autocast
+from atop_core.progress import progress
 from atop_core.transforms import RandomTransform
 
 StepFn = Callable[[Tensor, Tensor, torch.Generator], dict[str, float]]
@@ -128,7 +128,7 @@ def fit(
     while state.epoch < epochs:
         start, sums, count = time.monotonic(), {}, 0
         batches = epoch_batches(len(images), batch_size, seed, state.epoch)
-        bar = tqdm(
+        bar = progress(
             batches,
             desc=f"{name} epoch {state.epoch + 1}/{epochs}",
             initial=state.step,
