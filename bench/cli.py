@@ -13,7 +13,7 @@ import torch
 
 from atop_core.config import resolve_device
 from atop_core.registry import Registry
-from bench import baseline, evaluation, finetune, memory, precision, roofline
+from bench import baseline, evaluation, explorer, finetune, memory, precision, roofline
 from bench.harness import GIB, RESULTS_DIR, format_table, machine, peak_rss_bytes, write_result
 from bench.workloads import BenchConfig
 
@@ -25,6 +25,7 @@ for _name, _module in (
     ("finetune", finetune),
     ("memory", memory),
     ("precision", precision),  # in the default set on CUDA only (DEFAULT_CUDA_ONLY)
+    ("explorer", explorer),  # on trained defenses only, like precision's fidelity
 ):
     BENCHMARKS.register(_name)(_module.run)
 
@@ -41,6 +42,7 @@ COLUMNS = {
     "memory": ["kind", "arch", "purifier", "style", "images", "eot", "pass_size", "peak_rss_gib"],
     "precision": ["arch", "purifier", "images", "images_per_s_float32", "images_per_s_bf16"]
     + ["bf16_speedup"],
+    "explorer": ["defense", "transform", "redraw_s", "attack_s", "attack"],
     "precision/fidelity": ["defense", "bf16_cosine", "bf16_sign_agreement", "draws_cosine"]
     + ["draws_sign_agreement"],
 }
@@ -74,7 +76,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="bf16 autocast (default: on for cuda, off for cpu)",
     )
     ap.add_argument(
-        "--defenses", nargs="+", help="trained defense files for `precision` (default: quick's)"
+        "--defenses",
+        nargs="+",
+        help="trained defense files for `precision` and `explorer` (default: quick's)",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     ap.add_argument("--quick", action="store_true", help=f"a fast look: {QUICK}")
@@ -112,6 +116,8 @@ def tables(name: str, result: dict) -> str:
         out += format_table(result["fidelity"], COLUMNS["precision/fidelity"], title)
         if not result["fidelity"]:
             out += "no trained defense found: pass --defenses, or run_all.sh first\n"
+    if name == "explorer" and not result["rows"]:
+        out += "no trained defense found: pass --defenses, or run_all.sh first\n"
     if name == "roofline":
         out += f"peaks (GFLOP/s, {result['dtype']}): {result['peak_gflop_per_s']}\n"
     return out
