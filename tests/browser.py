@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -182,9 +183,9 @@ def copy_notebooks(target: Path) -> Path:
     return target
 
 
-def screenshot_explorer(out: Path, workdir: Path) -> Path:
-    """Open the explorer with this environment's ATOP_HOME, run it, attack once, and save a
-    screenshot of its output to `out`."""
+def screenshot_explorer(out: Path, workdir: Path, defense: str = "", image: int = 0) -> Path:
+    """Open the explorer with this environment's ATOP_HOME, run it, pick `defense` (a label of its
+    menu; "": its default) and test image `image`, attack once, and save a screenshot to `out`."""
     chromium = find_chromium()
     if chromium is None:
         raise SystemExit(f"no Chromium found: {INSTALL_HINT}")
@@ -193,6 +194,14 @@ def screenshot_explorer(out: Path, workdir: Path) -> Path:
         open_notebook(page, lab, "notebooks/00_explore.ipynb")
         run_all_cells(page)
         before = explorer_picture(page)
+        if defense:
+            page.locator(".widget-dropdown select").first.select_option(label=defense)
+            wait_for_new_picture(page, before)
+            before = explorer_picture(page)
+        if image:
+            set_slider(page, "test image", str(image))
+            wait_for_new_picture(page, before)
+            before = explorer_picture(page)
         page.click(".widget-tab .lm-TabBar-tab:has-text('attack')")
         page.click(".widget-button.mod-danger")  # "attack" (the only danger-styled button)
         wait_for_new_picture(page, before, timeout_s=120)
@@ -206,8 +215,11 @@ def screenshot_explorer(out: Path, workdir: Path) -> Path:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Screenshot the explorer notebook in Chromium.")
     parser.add_argument("--screenshot", type=Path, required=True, help="PNG to write")
+    parser.add_argument(
+        "--defense", default="", help='a label of its menu, e.g. "quick: ae-rt2-atop"'
+    )
+    parser.add_argument("--image", type=int, default=0, help="test image (position)")
     args = parser.parse_args()
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
-        print(screenshot_explorer(args.screenshot.resolve(), Path(tmp)))
+        out = screenshot_explorer(args.screenshot.resolve(), Path(tmp), args.defense, args.image)
+        print(out)
