@@ -36,6 +36,7 @@ from atop_core.train import (
     finetune_inputs,
     finetune_step,
     fit,
+    initial_weights,
     pretrain_step,
     purifier_layout,
     purifier_state,
@@ -133,13 +134,15 @@ def get_classifier(
     user's weights when `weights` is set. `adv` picks an adversarially trained baseline."""
     cfg = _classifier_cfg(profile, adv)
     width = {"width": cfg.width} if cfg.width else {}
-    model = build_classifier(
-        cfg.arch_for(data.image_size),
-        data.num_classes,
-        data.image_size,
-        flip_average=cfg.flip_average,
-        **width,
-    ).to(device, memory_format=torch.channels_last)
+    with initial_weights(cfg.seed):
+        model = build_classifier(
+            cfg.arch_for(data.image_size),
+            data.num_classes,
+            data.image_size,
+            flip_average=cfg.flip_average,
+            **width,
+        )
+    model = model.to(device, memory_format=torch.channels_last)
     if cfg.weights:
         return freeze(load_external_state_dict(model, cfg.weights, map_location=device))
     train = data.train_subset(cfg.train_subset, cfg.seed)
@@ -169,16 +172,14 @@ def _eval(data: DataBundle) -> tuple[Tensor, Tensor]:
 
 def _purifier_models(profile: Profile, kind: str, data: DataBundle, device: torch.device):
     cfg = dataclasses.replace(profile.purifier, kind=kind)
-    purifier = build_purifier(
-        kind, width=cfg.width, image_size=data.image_size, work_size=cfg.work_size
-    )
+    size = cfg.work_size or data.image_size
+    with initial_weights(cfg.seed):
+        purifier = build_purifier(
+            kind, width=cfg.width, image_size=data.image_size, work_size=cfg.work_size
+        )
+        disc = build_discriminator(width=cfg.width, image_size=size) if kind == "gan" else None
     purifier = purifier.to(device, memory_format=purifier_layout(purifier))
-    disc = (
-        build_discriminator(width=cfg.width, image_size=cfg.work_size or data.image_size).to(device)
-        if kind == "gan"
-        else None
-    )
-    return cfg, purifier, disc
+    return cfg, purifier, None if disc is None else disc.to(device)
 
 
 def _defense_acc(

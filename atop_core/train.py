@@ -7,7 +7,8 @@ exactly what an uninterrupted one would have done.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,16 @@ class TrainState:
             for k, part in parts.items():
                 part.load_state_dict(blob[group][k])
         self.epoch, self.step, self.log = blob["epoch"], blob["step"], blob["log"]
+
+
+@contextmanager
+def initial_weights(seed: int) -> Iterator[None]:
+    """Networks built inside draw their initial weights from `seed` (the stage's configuration
+    seed, part of its checkpoint's name), and the global generator is left as it was: the same
+    configuration gives the same weights, run after run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _generator(*keys: int) -> torch.Generator:

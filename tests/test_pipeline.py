@@ -128,3 +128,31 @@ def test_checkpoint_names_tell_a_shrunk_dataset_from_the_native_one():
     assert bundle("cifar10", 32).key == "cifar10"
     assert bundle("imagenette", 128).key == "imagenette"
     assert bundle("imagenette", 32).key == "imagenette@32px"
+
+
+def _trained_classifier(profile, home: Path, monkeypatch) -> dict:
+    monkeypatch.setenv("ATOP_HOME", str(home))
+    data = pipeline.load_bundle(profile, "cifar10")
+    return pipeline.get_classifier(profile, data, torch.device("cpu")).state_dict()
+
+
+def test_initial_weights_come_from_the_configs_seed_not_the_global_generator(
+    tiny_profile, tmp_path, monkeypatch
+):
+    first = _trained_classifier(tiny_profile, tmp_path / "a", monkeypatch)
+    torch.manual_seed(123)  # a notebook or an earlier stage moved the global generator
+    torch.rand(10)
+    again = _trained_classifier(tiny_profile, tmp_path / "b", monkeypatch)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    reseeded = with_fields(tiny_profile, classifier=with_fields(tiny_profile.classifier, seed=1))
+    other = _trained_classifier(reseeded, tmp_path / "c", monkeypatch)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_building_a_stages_networks_leaves_the_global_generator_alone(tiny_profile):
+    data = pipeline.load_bundle(tiny_profile, "cifar10")
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    pipeline._purifier_models(tiny_profile, "gan", data, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
