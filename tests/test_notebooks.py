@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from atop_core.jupyter import output_problems
+from atop_core.jupyter import image_count, output_problems
 from atop_core.tables import load_reference
 from tests.conftest import write_tree
 
@@ -75,6 +75,12 @@ def test_committed_notebooks_show_their_figures_and_nothing_a_reader_should_not_
     for cell in book.cells:
         if cell.cell_type == "code" and _shows_a_figure(cell.source):
             assert any("image/png" in o.get("data", {}) for o in cell.outputs), cell.source
+
+
+def test_the_quick_runs_executed_notebooks_are_committed_with_their_figures():
+    executed = sorted((ROOT / "outputs" / "quick").glob("*/*.ipynb"))
+    assert len(executed) >= 8
+    assert sum(image_count(nbformat.read(p, as_version=4)) for p in executed) >= 10
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
