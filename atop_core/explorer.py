@@ -113,13 +113,9 @@ def predictions_frame(
         purified = resize_to(stages.combined[row : row + 1].to(x.device), x.shape[-2:])
         votes = defense.draw_logits(x, VOTE_DRAWS).argmax(-1).flatten()
         shares = torch.bincount(votes, minlength=len(classes)).float() / VOTE_DRAWS
-        rows.append((f"{name} image x", _top(defense.classifier(x)[0].softmax(-1), classes)))
-        rows.append(
-            (
-                f"{name}, this draw g(t(x))",
-                _top(defense.classifier(purified)[0].softmax(-1), classes),
-            )
-        )
+        probs = defense.classifier(torch.cat([x, purified])).softmax(-1)
+        rows.append((f"{name} image x", _top(probs[0], classes)))
+        rows.append((f"{name}, this draw g(t(x))", _top(probs[1], classes)))
         rows.append((f"{name}, votes of {VOTE_DRAWS} draws", _top(shares, classes)))
     return pd.DataFrame(rows, columns=["what f classifies", f"top {TOP_K} classes"])
 
@@ -159,8 +155,8 @@ def attack_image(
     `ATTACK_CHOICES`, through the library's registry; `on_step` is called on every forward
     pass of the classifier while the attack runs (a progress bar's tick)."""
     name, protocol = ATTACK_CHOICES[choice]
-    cfg = AttackConfig(name, eps=eps, steps=steps, eot=eot if protocol == "whole-model" else 1)
-    cfg = dataclasses.replace(cfg, seed=seed)
+    draws = eot if protocol == "whole-model" else 1  # the bare classifier has no randomness
+    cfg = AttackConfig(name, eps=eps, steps=steps, eot=draws, seed=seed)
     device = next(defense.classifier.parameters()).device
     defense.transform.seed(seed)
 
