@@ -1,4 +1,5 @@
-"""Command line: `python -m atop_core <command> --profile quick`.
+"""Command line: `python -m atop_core COMMAND --profile quick` (`--help` after a command lists its
+options).
 
 Each command runs one pipeline stage for every dataset of a profile; a dataset that cannot be
 loaded here (CIFAR-100 offline) is reported as not run, with the reason, and the others go on.
@@ -22,7 +23,8 @@ from atop_core.config import (
     resolve_device,
     settings,
 )
-from atop_core.data import DataFormatError, DataNotFoundError, eval_subset, load_dataset
+from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, eval_subset, load_dataset
+from atop_core.evaluate import PROTOCOLS
 from atop_core.io import write_json
 from atop_core.pipeline import train_chain
 from atop_core.precision import AMP_CHOICES
@@ -115,19 +117,34 @@ def _print_training(status: dict) -> None:
             print(f"    {d['file']:<28} clean accuracy, one draw: {d['eval_acc_single_draw']:.3f}")
 
 
+class CommandLine(argparse.ArgumentParser):
+    """argparse, with a bad input answered by one line naming it (and exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _defense_path(text: str, profile: Profile, dataset: str | None) -> Path:
     """A checkpoint path, or a defense name resolved under checkpoints/<profile>/<dataset>/."""
     path = Path(text)
-    if path.exists() or path.suffix:
-        return path
-    if dataset is None:
-        raise SystemExit(f"--defense {text!r} is a name, not a file: add --dataset to resolve it")
-    return settings().checkpoints_dir / profile.name / dataset / f"{text}.pt"
+    if not (path.exists() or path.suffix):
+        if dataset is None:
+            raise ValueError(
+                f"--defense {text!r} is a name, not a file: add --dataset to resolve it"
+            )
+        path = settings().checkpoints_dir / profile.name / dataset / f"{text}.pt"
+    if not path.exists():
+        raise ValueError(
+            f"no defense checkpoint at {path}; check the path, or train one first "
+            "(python -m atop_core train)"
+        )
+    return path
 
 
-def _evaluate(args: argparse.Namespace, profile: Profile) -> int:
-    if not args.defense:
-        raise SystemExit("evaluate needs --defense PATH|NAME [...] (files from `train`)")
+def _evaluation_inputs(
+    args: argparse.Namespace, profile: Profile
+) -> tuple[AttackConfig, list[Path], tuple[int, int] | None]:
+    """The attack, defense files and shard the arguments name; a ValueError names a bad one."""
     ev = profile.evaluation
     attack = AttackConfig(
         name=args.attack,
@@ -136,8 +153,13 @@ def _evaluate(args: argparse.Namespace, profile: Profile) -> int:
         eot=args.eot or ev.eot,
         seed=args.seed + 1,
     )
-    for text in args.defense:
-        path = _defense_path(text, profile, args.dataset)
+    shard = parse_shard(args.shard)
+    return attack, [_defense_path(text, profile, args.dataset) for text in args.defense], shard
+
+
+def _evaluate(args: argparse.Namespace, profile: Profile, inputs) -> int:
+    attack, paths, shard = inputs
+    for path in paths:
         record, out = evaluate_defense(
             path,
             profile,
@@ -146,7 +168,7 @@ def _evaluate(args: argparse.Namespace, profile: Profile) -> int:
             device=resolve_device(args.device),
             n=args.n,
             draws=args.draws,
-            shard=parse_shard(args.shard),
+            shard=shard,
             seed=args.seed,
             sanity=not args.no_sanity,
         )
@@ -170,47 +192,88 @@ def _merge(profile: Profile) -> int:
     return 0
 
 
+def _options(*groups: str) -> list[argparse.ArgumentParser]:
+    """Parent parsers for the option groups a command takes."""
+    parents = []
+    for group in groups:
+        parent = CommandLine(add_help=False)
+        if group == "profile":
+            parent.add_argument("--profile", default="quick", choices=list(PROFILES))
+        if group == "data":
+            parent.add_argument(
+                "--data-dir", help=f"local dataset copies (overrides ${ENV_DATA_DIR})"
+            )
+        if group == "datasets":
+            parent.add_argument(
+                "--datasets", nargs="+", choices=list(DATASETS), help="a subset of the profile's"
+            )
+        if group == "compute":
+            parent.add_argument(
+                "--device", default="auto", help="auto (CUDA when present), cpu, cuda:1..."
+            )
+            parent.add_argument(
+                "--amp",
+                choices=AMP_CHOICES,
+                help=f"bf16 autocast for attacks and training (overrides ${ENV_AMP}; auto: CUDA)",
+            )
+        parents.append(parent)
+    return parents
+
+
+def _evaluate_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--defense", nargs="+", required=True, help="checkpoint(s), or names with --dataset"
+    )
+    command.add_argument(
+        "--dataset", choices=list(DATASETS), help="resolves defense names; must match the defense"
+    )
+    command.add_argument("--attack", default="pgd-eot", help="attack name (atop_core.attacks)")
+    command.add_argument("--steps", type=int, help="attack steps (default: the profile's)")
+    command.add_argument("--eot", type=int, help="transform draws per attack gradient")
+    command.add_argument("--eps", type=float, help="budget (default: the attack's own)")
+    command.add_argument("--protocol", default="whole-model", choices=list(PROTOCOLS))
+    command.add_argument("--n", type=int, help="images (default: the profile's n_eval)")
+    command.add_argument("--draws", type=int, help="defense draws per image when judging")
+    command.add_argument("--shard", help="i/k: evaluate shard i of k (merge them after)")
+    command.add_argument("--seed", type=int, default=0, help="defense seed (attack: seed+1)")
+    command.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
+
+
+def build_parser() -> CommandLine:
+    parser = CommandLine(prog="python -m atop_core", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stages = {
+        "prepare-data": ("decode and cache the datasets, fix the evaluation images", "datasets"),
+        "ready-datasets": ("print the datasets loadable here (for run_all.sh)", "datasets"),
+        "train": ("train (or reuse) every stage of the chain", "datasets", "compute"),
+        "evaluate": ("attack and judge defenses into records", "compute"),
+        "merge": ("merge complete groups of shard records",),
+    }
+    for name, (summary, *groups) in stages.items():
+        data = ["data"] if name != "merge" else []
+        parents = _options("profile", *data, *groups)
+        command = commands.add_parser(name, parents=parents, help=summary, description=summary)
+        if name == "evaluate":
+            _evaluate_options(command)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m atop_core", description=__doc__)
-    parser.add_argument(
-        "command", choices=["prepare-data", "train", "evaluate", "merge", "ready-datasets"]
-    )
-    parser.add_argument("--profile", default="quick", choices=list(PROFILES))
-    parser.add_argument("--data-dir", help=f"local dataset copies (overrides ${ENV_DATA_DIR})")
-    parser.add_argument("--datasets", nargs="+", help="subset of the profile's datasets")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1...")
-    parser.add_argument(
-        "--amp",
-        choices=AMP_CHOICES,
-        help=f"bf16 autocast for attacks and training (overrides ${ENV_AMP}; auto: on for CUDA)",
-    )
-    evaluation = parser.add_argument_group("evaluate")
-    evaluation.add_argument(
-        "--defense", nargs="+", help="defense checkpoint(s), or names with --dataset"
-    )
-    evaluation.add_argument("--dataset", help="resolves defense names; must match the defense")
-    evaluation.add_argument("--attack", default="pgd-eot", help="attack name (atop_core.attacks)")
-    evaluation.add_argument("--steps", type=int, help="attack steps (default: the profile's)")
-    evaluation.add_argument("--eot", type=int, help="transform draws per attack gradient")
-    evaluation.add_argument("--eps", type=float, help="budget (default: the attack's own)")
-    evaluation.add_argument(
-        "--protocol", default="whole-model", choices=["whole-model", "classifier-only"]
-    )
-    evaluation.add_argument("--n", type=int, help="images (default: the profile's n_eval)")
-    evaluation.add_argument("--draws", type=int, help="defense draws per image when judging")
-    evaluation.add_argument("--shard", help="i/k: evaluate shard i of k (merge them after)")
-    evaluation.add_argument("--seed", type=int, default=0, help="defense seed (attack: seed+1)")
-    evaluation.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.data_dir:
+    if getattr(args, "data_dir", None):
         os.environ[ENV_DATA_DIR] = args.data_dir
-    if args.amp:
+    if getattr(args, "amp", None):
         os.environ[ENV_AMP] = args.amp
-    overrides = {"datasets": tuple(args.datasets)} if args.datasets else {}
-    profile = get_profile(args.profile, **overrides)
+    datasets = getattr(args, "datasets", None)
+    profile = get_profile(args.profile, **({"datasets": tuple(datasets)} if datasets else {}))
     if args.command == "evaluate":
-        return _evaluate(args, profile)
+        try:
+            inputs = _evaluation_inputs(args, profile)
+        except ValueError as bad:
+            parser.exit(2, f"{parser.prog} evaluate: error: {bad}\n")
+        return _evaluate(args, profile, inputs)
     if args.command == "merge":
         return _merge(profile)
     if args.command == "ready-datasets":  # for run_all.sh: the datasets loadable here

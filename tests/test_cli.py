@@ -3,7 +3,11 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from atop_core.__main__ import main
 from atop_core.data import DATASETS
@@ -98,3 +102,31 @@ def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsy
         out.with_name("defense-ae-rt2-atop__fgsm-eot2__whole-model__n10.json").read_text()
     )
     assert merged["n"] == 10 and merged["shards"] == 2 and merged["complete"] is True
+
+
+BAD_INPUTS = [  # arguments, what the one line must say
+    (["evaluate", "--attack", "pgdx"], "unknown attack 'pgdx'; known: apgd"),
+    (["evaluate", "--eps", "-1"], "eps must be >= 0, got -1.0"),
+    (["evaluate", "--shard", "5/4"], "--shard '5/4': need 0 <= i < k"),
+    (["evaluate", "--dataset", "cifar11"], "invalid choice: 'cifar11'"),
+    (["train", "--datasets", "cifar11"], "invalid choice: 'cifar11'"),
+    (["evaluate", "--defense", "missing.pt"], "no defense checkpoint at missing.pt"),
+    (["evaluate", "--defense", "defense-gan-rt2-atop"], "is a name, not a file: add --dataset"),
+    (["merge", "--attack", "pgd"], "unrecognized arguments: --attack pgd"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"), BAD_INPUTS, ids=lambda a: " ".join(a) if isinstance(a, list) else ""
+)
+def test_a_bad_input_is_one_line_naming_it_and_exit_status_2(tmp_path, args, says):
+    defense = save_tiny_defense(tmp_path / "defense-ae-rt2-atop.pt")
+    if "--defense" not in args and args[0] == "evaluate":
+        args = [*args, "--defense", str(defense)]
+    done = subprocess.run(
+        [sys.executable, "-m", "atop_core", *args, "--profile", "smoke"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "error:" in done.stderr and says in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""

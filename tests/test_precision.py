@@ -232,10 +232,11 @@ def test_the_gan_purifier_trains_under_autocast(monkeypatch):
 
 
 def test_the_command_line_flag_sets_the_switch(monkeypatch, capsys):
-    main(["merge", "--profile", "smoke", "--amp", "off"])
+    with pytest.raises(SystemExit):  # the switch is set before the missing defense is found
+        main(["evaluate", "--profile", "smoke", "--amp", "off", "--defense", "missing.pt"])
     assert os.environ["ATOP_AMP"] == "off"
     with pytest.raises(SystemExit):
-        main(["merge", "--amp", "fast"])
+        main(["train", "--amp", "fast"])
     assert "invalid choice: 'fast'" in capsys.readouterr().err
 
 
