@@ -116,6 +116,7 @@ BAD_INPUTS = [  # arguments, what the one line must say
 ]
 
 
+@pytest.mark.slow  # a process per case, each importing torch
 @pytest.mark.parametrize(
     ("args", "says"), BAD_INPUTS, ids=lambda a: " ".join(a) if isinstance(a, list) else ""
 )
