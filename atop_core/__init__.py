@@ -1,6 +1,5 @@
 """atop_core: the AToP method (Lin et al., ICLR 2024), its evaluation, tables and figures."""
 
-from atop_core.allocator import MALLOC_TUNED
 from atop_core.config import PROFILES, TransformConfig, get_profile, resolve_device, settings
 from atop_core.data import DATASETS, eval_indices, load_dataset
 from atop_core.defense import DefendedModel, load_defense
@@ -9,7 +8,6 @@ from atop_core.transforms import RandomTransform
 
 __all__ = [
     "DATASETS",
-    "MALLOC_TUNED",
     "PROFILES",
     "DefendedModel",
     "RandomTransform",

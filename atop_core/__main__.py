@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from atop_core.allocator import tune_malloc
 from atop_core.attacks import AttackConfig
 from atop_core.config import (
     ENV_AMP,
@@ -261,6 +262,7 @@ def build_parser() -> CommandLine:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_malloc()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "data_dir", None):
         os.environ[ENV_DATA_DIR] = args.data_dir

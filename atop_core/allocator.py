@@ -9,6 +9,8 @@ instead of 1.09 s, and the quick classifier's 8 epochs 773 s instead of 613 s (t
 runs). Setting `M_MMAP_MAX` to 0 serves them from the heap, and a high `M_TRIM_THRESHOLD` keeps
 freed memory for the next step instead of handing it back. The price: a process's resident memory
 stays near its own peak until it exits (the quick profile's stages peak at about 2 GiB).
+Process-wide, so importing atop_core leaves it alone: the command line, the notebooks' setup and
+the benchmarks call `tune_malloc` when they start work.
 
 Written here because no maintained package sets these: the usual fix, jemalloc or tcmalloc, needs
 LD_PRELOAD before Python starts, which notebooks opened in JupyterLab would not get.
@@ -40,6 +42,3 @@ def tune_malloc() -> bool:
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
-
-
-MALLOC_TUNED = tune_malloc()  # applied once, when atop_core is first imported

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from atop_core.allocator import tune_malloc
 from atop_core.analysis import purify_examples
 from atop_core.attacks import ATTACKS, AttackConfig, run_attack
 from atop_core.config import (
@@ -101,8 +102,9 @@ def setup(
     transform: str | None = None,
 ) -> Run:
     """Refuse bad notebook parameters in the first cell, naming the value and the choices, and
-    have the kernel show the notebook's figures as images."""
+    have the kernel show the notebook's figures as images (and tune malloc for its work)."""
     show_figures_inline()
+    tune_malloc()
     DATASETS.get_entry(dataset)  # unknown dataset: lists the known ones
     if purifier is not None and purifier not in PURIFIER_KINDS:
         raise ValueError(f"unknown purifier {purifier!r}; known: {', '.join(PURIFIER_KINDS)}")

@@ -22,7 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-import atop_core
+from atop_core.allocator import tune_malloc
 from atop_core.io import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -158,7 +158,7 @@ def machine(device: torch.device) -> dict:
         "torch": torch.__version__,
         "mkldnn": torch.backends.mkldnn.is_available(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "malloc_tuned": atop_core.MALLOC_TUNED,  # large buffers kept off mmap (allocator.py)
+        "malloc_tuned": tune_malloc(),  # large buffers kept off mmap (allocator.py; idempotent)
         "device": str(device),
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
         "git_commit": _git_commit(),

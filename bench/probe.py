@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from atop_core.allocator import tune_malloc
 from bench.harness import GIB, peak_rss_bytes
 from bench.workloads import (
     AUTHORS_SIZE,
@@ -116,6 +117,7 @@ PROBES = {
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
+    tune_malloc()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     out = PROBES[spec["kind"]](spec)
