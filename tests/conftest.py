@@ -11,7 +11,6 @@ from PIL import Image
 from atop_core.allocator import tune_malloc
 from atop_core.data import DATASETS
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 tune_malloc()  # the test run is a command like any other: large buffers off mmap (allocator.py)
 
 
