@@ -15,14 +15,13 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from atop_core.config import EPS_LINF, PROFILES, TransformConfig
+from atop_core.config import EPS_LINF, PROFILES, SEED_STRIDE, TransformConfig
 from atop_core.defense import DefendedModel
 from atop_core.nets.purifiers import resize_to, to_work_size
 from atop_core.tables import EPS_TOL, READINGS, records_frame
 from atop_core.transforms import RandomTransform, block_mask
 
 SCALE = 100.0  # the authors' plot: Z = 100 × mean |Δ| on the [0,1] pixel scale
-NOISE_STREAM = 1_000_003  # the noise generator's seed is seed + this, apart from the masks'
 MIX_COLUMNS = ("missing_rate", "mix_number", "masked_perturbation", "noise_residual")
 MIX_COLUMNS += ("noise_std", "grid", "n")
 
@@ -65,7 +64,7 @@ def mix_number_analysis(
     for m in mix_numbers:
         for rate in missing_rates:
             masks = torch.Generator().manual_seed(seed)
-            noise = torch.Generator().manual_seed(seed + NOISE_STREAM)
+            noise = torch.Generator().manual_seed(seed + SEED_STRIDE)
             keep = block_mask(m * n, size, grid, rate, masks).view(m, n, 1, size, size)
             noisy = (adv + noise_std * torch.randn((m, *adv.shape), generator=noise)).clamp(0, 1)
             mixed_adv = _mix(adv, keep)

@@ -21,6 +21,7 @@ ENV_CACHE_DIR = "ATOP_CACHE_DIR"  # where decoded datasets and torchvision downl
 ENV_HOME = "ATOP_HOME"  # where indices/, checkpoints/, results/, figures/ and tables/ live
 ENV_AMP = "ATOP_AMP"  # auto | on | off: bf16 autocast for attacks and training (precision.py)
 ENV_PROGRESS = "ATOP_PROGRESS"  # auto | text: how progress bars draw (progress.py)
+SEED_STRIDE = 1_000_003  # a prime: seeds mixed as s * SEED_STRIDE + k, or s + SEED_STRIDE
 
 
 @dataclass(frozen=True)

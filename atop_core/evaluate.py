@@ -14,12 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from atop_core.attacks import AttackConfig, run_attack
+from atop_core.config import SEED_STRIDE
 from atop_core.defense import DefendedModel
 from atop_core.progress import progress
 from atop_core.results import append_outcomes, summarize_outcomes
 
 PROTOCOLS = ("whole-model", "classifier-only")
-SEED_STRIDE = 1_000_003  # batch b of a run seeded s draws from seed s * SEED_STRIDE + b
 BatchCallback = Callable[[int, Tensor], None]
 
 
@@ -29,6 +29,7 @@ def check_protocol(protocol: str) -> None:
 
 
 def batch_seed(seed: int, batch: int) -> int:
+    """Batch b of a run seeded s draws from s * SEED_STRIDE + b."""
     return seed * SEED_STRIDE + batch
 
 

@@ -25,10 +25,12 @@ def code_version() -> dict[str, str | None]:
     for path in sorted(PACKAGE.rglob("*.py")):
         h.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
-    return {"sources": h.hexdigest(), "git": _git_commit()}
+    return {"sources": h.hexdigest(), "git": git_commit()}
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The checkout's commit, with `+changes` when atop_core/ differs from it; None outside git."""
+
     def git(*args: str) -> str:
         done = subprocess.run(
             ["git", "-C", str(PACKAGE), *args], capture_output=True, text=True, timeout=10

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from atop_core.attacks import ATTACKS, AttackConfig
-from atop_core.config import Profile, settings
+from atop_core.config import SEED_STRIDE, Profile, settings
 from atop_core.data import eval_subset, indices_sha256, load_dataset, shrink
 from atop_core.defense import load_defense
-from atop_core.evaluate import SEED_STRIDE, check_protocol, evaluate
+from atop_core.evaluate import check_protocol, evaluate
 from atop_core.io import write_json
 from atop_core.precision import BF16, amp_enabled
 from atop_core.results import (

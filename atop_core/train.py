@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atop_core.config import ClassifierConfig, FinetuneConfig, PurifierConfig
+from atop_core.config import SEED_STRIDE, ClassifierConfig, FinetuneConfig, PurifierConfig
 from atop_core.io import save_torch, write_json
 from atop_core.nets.classifiers import single_view
 from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
@@ -75,7 +75,7 @@ def initial_weights(seed: int) -> Iterator[None]:
 def _generator(*keys: int) -> torch.Generator:
     seed = 0
     for k in keys:
-        seed = (seed * 1_000_003 + k) % (2**63)
+        seed = (seed * SEED_STRIDE + k) % (2**63)
     return torch.Generator().manual_seed(seed)
 
 

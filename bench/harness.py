@@ -10,7 +10,6 @@ load falls on all of them alike instead of on whichever ran last.
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from torch.utils.flop_counter import flop_registry
 
 from atop_core.allocator import tune_malloc
 from atop_core.io import write_json
+from atop_core.provenance import git_commit
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GIB = 2**30
@@ -131,20 +131,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
 def machine(device: torch.device) -> dict:
     """Where and with what a result was measured."""
     info = {
@@ -161,7 +147,7 @@ def machine(device: torch.device) -> dict:
         "malloc_tuned": tune_malloc(),  # large buffers kept off mmap (allocator.py; idempotent)
         "device": str(device),
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
     }
     if device.type == "cuda":
