@@ -202,6 +202,7 @@ class Explorer:
         self.paths: dict[str, Path] = {}
         self.data_profile = ""
         self.view: View | None = None
+        self._hold = False  # True while a new defense sets the controls
         self._build_controls(seed, image)
         self._load_defenses()
 
@@ -307,11 +308,13 @@ class Explorer:
         self.defense = load_defense(self.paths[label], self.device)
         t = self.defense.transform.cfg
         self._hold = True  # one redraw for the whole change, not one per control
-        if t.kind != "none":
-            self.kind.value = t.kind.upper()
-        self.noise.value, self.rate.value, self.grid.value = t.noise_std, t.missing_rate, t.grid
-        self.masks.value, self.partition.value = t.n_masks, t.partition
-        self._hold = False
+        try:
+            if t.kind != "none":
+                self.kind.value = t.kind.upper()
+            self.noise.value, self.rate.value, self.grid.value = t.noise_std, t.missing_rate, t.grid
+            self.masks.value, self.partition.value = t.n_masks, t.partition
+        finally:
+            self._hold = False
         self._clear_attack()
 
     def image_and_label(self) -> tuple[Tensor, int]:
@@ -319,12 +322,9 @@ class Explorer:
         return self.data.eval.images[i].float().div(255), int(self.data.eval.labels[i])
 
     # drawing
-    _hold = False
-
     def _on_change(self, change) -> None:
         if self._hold:
             return
-        self.rate.disabled = self.kind.value == "RT3" and self.partition.value
         if change.owner is self.image:
             self.x_adv = None  # the attack was on the previous image
         self.draw()
@@ -333,6 +333,7 @@ class Explorer:
         """Recompute the view from the controls and show it, or show why it cannot be drawn."""
         if self.defense is None:
             return
+        self.rate.disabled = self.kind.value == "RT3" and self.partition.value  # rate is 1/N
         x, y = self.image_and_label()
         try:
             cfg = self.transform_config()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from atop_core.config import TransformConfig
-from atop_core.defense import load_defense
+from atop_core.defense import load_defense, save_transform_variant
 from atop_core.explorer import (
     ATTACK_CHOICES,
     VOTE_DRAWS,
@@ -119,6 +119,16 @@ def test_rt3_with_a_partition_ties_the_missing_rate_to_n(tmp_path, monkeypatch):
     assert ex.rate.disabled and ex.transform_config().missing_rate == 1 / ex.masks.value
     ex.masks.value = 2
     assert ex.transform_config().missing_rate == 0.5 and ex.message.value == ""
+
+
+def test_choosing_an_rt3_defense_sets_its_controls_and_ties_the_rate(tmp_path, monkeypatch):
+    ex = _explorer(tmp_path, monkeypatch)
+    folder = tmp_path / "home" / "checkpoints" / "smoke" / "cifar10"
+    save_transform_variant(folder / "defense-ae-rt2-atop.pt", "-rt3", kind="rt3")
+    ex = Explorer("cifar10", torch.device("cpu"))
+    ex.defense_choice.value = "smoke: ae-rt2-atop-rt3"
+    assert ex.kind.value == "RT3" and ex.rate.disabled and ex.message.value == ""
+    assert ex.view.stages.copies.shape[0] == 4
 
 
 def test_the_attack_button_adds_the_adversarial_row(tmp_path, monkeypatch):
