@@ -30,6 +30,9 @@ INSTALL_HINT = (
     "install Chromium (Debian: apt-get install -y chromium) and the test extra (playwright)"
 )
 NO_ANNOUNCEMENTS = {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
+# Every cell attached and drawn: JupyterLab 4 otherwise skips off-screen cells (content-visibility),
+# so their images load, and count as visible, only once scrolled to.
+ALL_CELLS_DRAWN = ("@jupyterlab/notebook-extension", "tracker", {"windowingMode": "none"})
 START_TIMEOUT_S = 60
 VIEWPORT = {"width": 1280, "height": 1100}
 
@@ -51,7 +54,9 @@ class Lab:
     root: Path
 
     def notebook_url(self, relative: str) -> str:
-        return f"{self.url}/lab/tree/{relative}?token={self.token}"
+        """The notebook alone: `reset` drops the tabs an earlier page left in the workspace,
+        which JupyterLab would otherwise restore (and one of them could be the current one)."""
+        return f"{self.url}/lab/tree/{relative}?reset&token={self.token}"
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -73,6 +78,10 @@ def jupyter_lab(root: Path, env: dict[str, str], workdir: Path) -> Iterator[Lab]
     config = workdir / "jupyter-config"
     (config / "labconfig").mkdir(parents=True, exist_ok=True)
     (config / "labconfig" / "page_config.json").write_text(json.dumps(NO_ANNOUNCEMENTS))
+    plugin, name, values = ALL_CELLS_DRAWN
+    user_settings = workdir / "lab-settings"
+    (user_settings / plugin).mkdir(parents=True, exist_ok=True)
+    (user_settings / plugin / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
     port, token = _free_port(), secrets.token_hex(16)
     args = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root"]
     args += ["--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0"]
@@ -81,6 +90,7 @@ def jupyter_lab(root: Path, env: dict[str, str], workdir: Path) -> Iterator[Lab]
     args += ["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     log = workdir / "jupyterlab.log"
     env = {**env, "JUPYTER_CONFIG_DIR": str(config), "JUPYTERLAB_WORKSPACES_DIR": str(workdir)}
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(user_settings)
     with log.open("w") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -110,13 +120,15 @@ def chromium_page(chromium: str):
 
 
 def open_notebook(page, lab: Lab, relative: str) -> None:
-    """Open a notebook and wait until its cells and its kernel are ready."""
+    """Open a notebook, the current and only tab, and wait until its cells and kernel are ready."""
     page.goto(lab.notebook_url(relative))
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="attached", timeout=60_000)
     page.wait_for_function(
-        "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-        " && window.jupyterapp.shell.currentWidget.sessionContext"
-        " && window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel",
+        """path => {
+            const current = window.jupyterapp?.shell.currentWidget;
+            return current?.context?.path === path && current.sessionContext.session?.kernel;
+        }""",
+        arg=relative,
         timeout=60_000,
     )
 
@@ -140,6 +152,17 @@ def error_outputs(page) -> list[str]:
     """The text of every error or stderr output of the open notebook."""
     selector = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
     return [e.inner_text()[:300] for e in page.query_selector_all(selector)]
+
+
+def wait_for_images(page, timeout_s: float = 60) -> None:
+    """Until the open notebook has output images and every one of them has loaded."""
+    page.wait_for_function(
+        """() => {
+            const images = [...document.querySelectorAll('.jp-OutputArea-output img')];
+            return images.length && images.every(i => i.complete && i.naturalWidth > 0);
+        }""",
+        timeout=timeout_s * 1000,
+    )
 
 
 def image_sizes(page) -> list[tuple[int, int]]:

@@ -21,6 +21,7 @@ from tests.browser import (
     open_notebook,
     run_all_cells,
     set_slider,
+    wait_for_images,
     wait_for_new_picture,
 )
 from tests.conftest import write_tree
@@ -56,7 +57,7 @@ def page(lab):
 
 def test_a_pipeline_notebook_opens_clean_and_shows_its_figures(lab, page):
     open_notebook(page, lab[0], "notebooks/20_pretrain_purifier.ipynb")
-    page.wait_for_selector(".jp-OutputArea-output img")
+    wait_for_images(page)
     sizes = image_sizes(page)
     assert len(sizes) >= 3 and all(w > 0 and h > 0 for w, h in sizes), sizes
     assert not is_dirty(page)  # JupyterLab rewrote nothing on opening it
@@ -64,7 +65,7 @@ def test_a_pipeline_notebook_opens_clean_and_shows_its_figures(lab, page):
 
 def test_the_report_notebook_shows_its_figures_as_images(lab, page):
     open_notebook(page, lab[0], "notebooks/90_tables_and_figures.ipynb")
-    page.wait_for_selector(".jp-OutputArea-output img")
+    wait_for_images(page)
     sizes = image_sizes(page)
     assert sizes and all(w > 0 and h > 0 for w, h in sizes), sizes
 
