@@ -101,9 +101,12 @@ run_group() {  # run_group "NAME DATASET [k v ...]" ...: up to --jobs at a time,
 }
 
 # The attack-suite notebook runs every attack in the registry on three defenses: at quick, 16
-# images bound its cost on 2 CPU cores (0: the profile's table size).
+# images bound its cost on 2 CPU cores (0: the profile's table size). At quick the ablation runs
+# the whole-model protocol only: its classifier-only half (32 images a cell) decides nothing that
+# the claims' C5 (512 images) does not; `--profile paper` runs both, or run notebooks/50 by hand.
 suite_n=0
-[ "$profile" = quick ] && suite_n=16
+ablation_protocols=classifier-only,whole-model
+if [ "$profile" = quick ]; then suite_n=16; ablation_protocols=whole-model; fi
 if stage_reached notebooks; then
   shopt -s nullglob
   custom=("$notebooks"/*.ipynb)
@@ -118,7 +121,8 @@ if stage_reached notebooks; then
                 "20_pretrain_purifier.ipynb $dataset purifier ae"
       run_group "30_atop_finetune.ipynb $dataset purifier gan" \
                 "30_atop_finetune.ipynb $dataset purifier ae"
-      run_group "50_rt_ablation.ipynb $dataset purifier gan" \
+      run_group "80_claims.ipynb $dataset purifier ae" \
+                "50_rt_ablation.ipynb $dataset purifier gan protocols $ablation_protocols" \
                 "60_missing_rate_mix_number.ipynb $dataset" \
                 "70_generalization.ipynb $dataset" \
                 "40_evaluate_attacks.ipynb $dataset purifier ae n $suite_n"

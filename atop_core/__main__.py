@@ -25,7 +25,8 @@ from atop_core.config import (
     settings,
 )
 from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, eval_subset, load_dataset
-from atop_core.evaluate import PROTOCOLS
+from atop_core.evaluate import PROTOCOLS, RANDOMNESS
+from atop_core.indicators import fired
 from atop_core.io import write_json
 from atop_core.pipeline import train_chain
 from atop_core.precision import AMP_CHOICES
@@ -172,6 +173,7 @@ def _evaluate(args: argparse.Namespace, profile: Profile, inputs) -> int:
             shard=shard,
             seed=args.seed,
             sanity=not args.no_sanity,
+            randomness=args.randomness,
         )
         if args.dataset and record["dataset"] != args.dataset:
             raise SystemExit(f"{path} defends {record['dataset']}, not --dataset {args.dataset}")
@@ -182,6 +184,8 @@ def _evaluate(args: argparse.Namespace, profile: Profile, inputs) -> int:
             f"{acc['single']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], vote {acc['vote']:.3f}, worst "
             f"{acc['worst']:.3f}, n={record['n']}{flag} -> {out}"
         )
+        for name in fired(record.get("indicators", {})):
+            print(f"    indicator fired: {name}: {record['indicators'][name]['fix']}")
     return 0
 
 
@@ -234,7 +238,15 @@ def _evaluate_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--eps", type=float, help="budget (default: the attack's own)")
     command.add_argument("--protocol", default="whole-model", choices=list(PROTOCOLS))
     command.add_argument("--n", type=int, help="images (default: the profile's n_eval)")
-    command.add_argument("--draws", type=int, help="defense draws per image when judging")
+    command.add_argument(
+        "--draws", type=int, help="defense draws per image when judging (worst-of-N, vote)"
+    )
+    command.add_argument(
+        "--randomness",
+        default="fresh",
+        choices=list(RANDOMNESS),
+        help="frozen: one transform draw per image, shared by the attack and the judge",
+    )
     command.add_argument("--shard", help="i/k: evaluate shard i of k (merge them after)")
     command.add_argument("--seed", type=int, default=0, help="defense seed (attack: seed+1)")
     command.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")

@@ -184,7 +184,7 @@ def attack_strength(frame: pd.DataFrame) -> pd.DataFrame:
         budget, cells = PROFILES[profile].evaluation, {}
         for r in group.itertuples():
             column = STRENGTH_COLUMNS.get((r.attack, r.protocol))
-            if column is None or not r.complete or r.purifier == "none":
+            if column is None or not r.complete or r.purifier == "none" or r.randomness != "fresh":
                 continue
             if r.steps != budget.steps or abs(float(r.eps) - EPS_LINF) > EPS_TOL:
                 continue

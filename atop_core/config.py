@@ -377,7 +377,7 @@ QUICK = Profile(
     evaluation=EvalConfig(
         steps=10,
         eot=4,
-        draws=5,
+        draws=10,  # worst-of-10 and a 10-draw vote (DiffHammer's N-evaluation: N >= 10)
         sanity_n=8,  # the checks rerun attacks (Square included): cheap, coarse verdicts
         square_queries=50,
         step_cap=20,  # PGD-1000 and CW-100 run as 20 steps here; tables say what ran

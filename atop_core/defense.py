@@ -40,6 +40,9 @@ class DefendedModel(nn.Module):
     mode "eot": mean logits over `eot` draws of the transform (differentiable).
     mode "vote": majority vote over `eot` draws, returned as vote fractions (ties go to the class
     with the higher mean probability); use it to judge a defense, not to attack it.
+    frozen: every call restarts the transform's stream, so each image of a batch gets the same
+    noise and masks in every pass and draw (the frozen-randomness diagnostic: the attack and the
+    judge see one fixed draw, and what is left is the purifier's robustness).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class DefendedModel(nn.Module):
         self.purifier = purifier
         self.transform = transform
         self.eot, self.mode = eot, mode
+        self.frozen = False
 
     def train(self, mode: bool = True) -> "DefendedModel":
         super().train(mode)
@@ -68,13 +72,18 @@ class DefendedModel(nn.Module):
     def purify(self, x: Tensor) -> Tensor:
         """g(t(x)) for one draw per image: the image the classifier sees. With a purifier that
         has a `work_size`, t and g both run at that size (the authors' order) and the result
-        comes back to the size of x."""
+        comes back to the size of x. Frozen: the transform's stream restarts first."""
+        if self.frozen:
+            self.transform.seed()
         copies, keep = self.transform(to_work_size(x, self.purifier))
         filled = copies if self.purifier is None else self.purifier(copies, keep)
         return resize_to(self.transform.combine(filled, keep), x.shape[-2:])
 
     def draw_logits(self, x: Tensor, draws: int) -> Tensor:
-        """(draws, B, classes): logits of `draws` independent transform draws, in one batch."""
+        """(draws, B, classes): logits of `draws` independent transform draws, in one batch
+        (frozen: one draw, repeated)."""
+        if self.frozen:
+            return self.classifier(self.purify(x)).expand(draws, -1, -1)
         repeated = x.repeat(draws, 1, 1, 1) if draws > 1 else x
         return self.classifier(self.purify(repeated)).view(draws, x.shape[0], -1)
 

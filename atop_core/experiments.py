@@ -5,6 +5,7 @@ Suites name the paper's budgets (PGD-1000, CW-100, ...); a reduced profile caps 
 (`EvalConfig.step_cap`) and the images (`EvalConfig.n_table`), and every record says what ran.
 """
 
+import ast
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,20 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from atop_core import plots
 from atop_core.allocator import tune_malloc
 from atop_core.analysis import purify_examples
 from atop_core.attacks import ATTACKS, AttackConfig, run_attack
+from atop_core.claims import (
+    CLEAN_MARGIN,
+    MIN_IMAGES_EXPENSIVE,
+    Arm,
+    Comparison,
+    decide,
+    display,
+    find,
+    randomness_split,
+)
 from atop_core.config import (
     PURIFIER_KINDS,
     TRANSFORM_KINDS,
@@ -26,6 +38,8 @@ from atop_core.config import (
 )
 from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, load_dataset
 from atop_core.defense import DefendedModel, save_transform_variant
+from atop_core.indicators import INDICATORS, mean_loss_curve
+from atop_core.io import write_bytes_atomic
 from atop_core.jupyter import show_figures_inline
 from atop_core.pipeline import (
     DataBundle,
@@ -37,8 +51,10 @@ from atop_core.pipeline import (
     stage_dir,
     train_chain,
 )
+from atop_core.plots import save_figure
 from atop_core.records import evaluate_defense
-from atop_core.results import worst_case
+from atop_core.report import claims_blocks, markdown_table, update_readme
+from atop_core.results import load_records, worst_case
 from atop_core.tables import build_table, load_reference, records_frame, wide_tables
 from atop_core.train import accuracy
 from atop_core.transforms import RandomTransform
@@ -274,6 +290,7 @@ def summary(records: list[dict]) -> pd.DataFrame:
                 "steps": r["attack"].get("steps"),
                 "eot": r["attack"].get("eot"),
                 "protocol": r["protocol"],
+                "randomness": r.get("randomness", "fresh"),
                 "n": r["n"],
                 "single %": round(100 * r["accuracy"]["single"], 1),
                 "95% interval": f"[{100 * lo:.1f}, {100 * hi:.1f}]",
@@ -419,3 +436,266 @@ def baseline_classifiers(run: Run, data: DataBundle) -> dict[str, nn.Module]:
         f"AT ({adv})": get_classifier(run.profile, data, run.device, adv=adv)
         for adv in run.profile.baselines
     }
+
+
+# --- the paper's claims (claims.py) ------------------------------------------------------------
+
+
+def _stem(run: Run, purifier: str, transform: str, atop: bool) -> str:
+    return Path(run.defense(purifier, transform, atop)).stem
+
+
+def claim_comparisons(run: Run, purifier: str = "ae") -> list[Comparison]:
+    """C1-C6 at the run's profile: C1 and C2 for every purifier, the rest for `purifier` (at the
+    quick profile the AE, the one that purifies at that scale; the row names it). Attacks at the
+    profile's steps and EOT; 512 images (the profile's fixed list), 256 for RT3 and AutoAttack.
+    """
+    p, ev = run.profile, run.profile.evaluation
+    n = p.data.n_eval
+    few = min(n, MIN_IMAGES_EXPENSIVE)
+    pgd = attack(p, "pgd", "whole-model", ev.steps)
+    clean = attack(p, "clean", "whole-model")  # the tables' clean records: the same files
+    out = []
+    for kind in p.purifiers:
+        atop, plain = _stem(run, kind, "rt2", True), _stem(run, kind, "rt2", False)
+        name = kind.upper()
+        out.append(
+            Comparison(
+                "C1",
+                f"AToP raises robust accuracy ({name}, RT2)",
+                Arm(atop, pgd, n=n),
+                Arm(plain, pgd, n=n),
+                purifiers=(atop,),  # the claim is about the AToP defense
+            )
+        )
+        out.append(
+            Comparison(
+                "C2",
+                f"AToP keeps clean accuracy ({name}, RT2)",
+                Arm(atop, clean, n=n),
+                Arm(plain, clean, n=n),
+                test="not_lower",
+                margin=CLEAN_MARGIN,
+                purifiers=(atop,),
+            )
+        )
+    rt = {t: _stem(run, purifier, t, True) for t in ("rt1", "rt2", "rt3")}
+    name = purifier.upper()
+    out.append(
+        Comparison(
+            "C3",
+            f"RT2's noise adds robustness over RT1's masks ({name} + AToP)",
+            Arm(rt["rt2"], pgd, n=n),
+            Arm(rt["rt1"], pgd, n=n),
+            purifiers=(rt["rt2"], rt["rt1"]),
+        )
+    )
+    out.append(
+        Comparison(
+            "C3",
+            f"RT3's N masks add robustness over RT2 ({name} + AToP)",
+            Arm(rt["rt3"], pgd, n=few),
+            Arm(rt["rt2"], pgd, n=few),
+            purifiers=(rt["rt3"],),
+            expensive=True,
+            note="RT3 purifies N copies: 256 images",
+        )
+    )
+    at = Path(run.defense("none", "none", False)).stem.replace("plain", f"at-{p.baselines[0]}")
+    for label, name_, better in (
+        ("L∞ PGD, seen", "pgd", "at"),
+        ("L2 PGD, unseen", "pgd-l2", "atop"),
+        ("StAdv, unseen", "stadv", "atop"),
+    ):
+        cfg = attack(p, name_, "whole-model", ev.steps)
+        arms = {"at": Arm(at, cfg, n=n), "atop": Arm(rt["rt2"], cfg, n=n)}
+        worse = "atop" if better == "at" else "at"
+        who = "adversarial training" if better == "at" else "AToP"
+        out.append(
+            Comparison(
+                "C4",
+                f"{label}: {who} is the more robust ({p.baselines[0]} AT vs {name} + AToP)",
+                arms[better],
+                arms[worse],
+                purifiers=(rt["rt2"],),
+            )
+        )
+    out.append(
+        Comparison(
+            "C5",
+            f"the classifier-only protocol overstates robustness ({name} + AToP)",
+            Arm(rt["rt2"], attack(p, "pgd", "classifier-only", ev.steps), "classifier-only", n=n),
+            Arm(rt["rt2"], pgd, n=n),
+            purifiers=(rt["rt2"],),
+        )
+    )
+    bpda = attack(p, "bpda-eot", "whole-model", ev.steps)
+    prelim = preliminary_pgd_eot(p)
+    same = prelim == bpda
+    out.append(
+        Comparison(
+            "C6",
+            f"full gradients are at least as strong as BPDA+EOT ({name} + AToP)",
+            Arm(rt["rt2"], pgd, n=n),
+            Arm(rt["rt2"], bpda, n=n),
+            test="not_higher",
+            margin=CLEAN_MARGIN,
+            purifiers=(rt["rt2"],),
+        )
+    )
+    out.append(
+        Comparison(
+            "C6",
+            f"full gradients are at least as strong as the preliminary PGD+EOT ({name} + AToP)",
+            Arm(rt["rt2"], pgd, n=n),
+            Arm(rt["rt2"], prelim, n=n),
+            test="not_higher",
+            margin=CLEAN_MARGIN,
+            purifiers=(rt["rt2"],),
+            note="the same attack as BPDA+EOT at this profile (EOT 10 capped)" if same else "",
+        )
+    )
+    aa = configure(p, "autoattack-rand", "whole-model", ev.steps)
+    out.append(
+        Comparison(
+            "C6",
+            f"full gradients are at least as strong as AutoAttack rand ({name} + AToP)",
+            Arm(rt["rt2"], pgd, n=few),
+            Arm(rt["rt2"], aa, n=few),
+            test="not_higher",
+            margin=CLEAN_MARGIN,
+            purifiers=(rt["rt2"],),
+            expensive=True,
+            note="AutoAttack runs two APGDs with EOT: 256 images",
+        )
+    )
+    return out
+
+
+def bare_defense(run: Run) -> str:
+    """The bare classifier's defense, whose clean accuracy a purifier's is held against."""
+    return _stem(run, "none", "none", False)
+
+
+def randomness_arms(run: Run) -> list[tuple[Arm, Arm]]:
+    """Each C1 defense under PGD-EOT with fresh and with frozen draws (the same images): what the
+    randomness gives, and what the purifier gives on its own."""
+    p = run.profile
+    pgd = attack(p, "pgd", "whole-model", p.evaluation.steps)
+    names = [_stem(run, kind, "rt2", atop) for kind in p.purifiers for atop in (False, True)]
+    return [
+        (Arm(s, pgd, n=p.data.n_eval), Arm(s, pgd, n=p.data.n_eval, randomness="frozen"))
+        for s in names
+    ]
+
+
+def claim_arms(run: Run, purifier: str = "ae") -> list[Arm]:
+    """Every record the claims section reads (each once), the bare classifier's clean accuracy
+    and the purifiers' first."""
+    comparisons = claim_comparisons(run, purifier)
+    clean, n = attack(run.profile, "clean", "whole-model"), run.profile.data.n_eval
+    arms = [Arm(bare_defense(run), clean, n=n)]
+    arms += [Arm(d, clean, n=n) for c in comparisons for d in c.purifiers]
+    arms += [arm for c in comparisons for arm in (c.a, c.b)]
+    arms += [arm for pair in randomness_arms(run) for arm in pair]
+    return list(dict.fromkeys(arms))
+
+
+def evaluate_arms(run: Run, arms: list[Arm]) -> list[dict]:
+    """The records of `arms` (resumed or computed), judged over the profile's draws (the claims
+    need CLAIM_DRAWS: quick and paper have them; smoke's rows say too few)."""
+    return [
+        evaluate_defense(
+            run.checkpoints / f"{arm.defense}.pt",
+            run.profile,
+            arm.attack,
+            protocol=arm.protocol,
+            device=run.device,
+            n=arm.n,
+            draws=run.profile.evaluation.draws,
+            seed=run.seed,
+            randomness=arm.randomness,
+        )[0]
+        for arm in arms
+    ]
+
+
+def claims_section(run: Run, purifier: str = "ae") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The claims' rows (`claims.decide`) and the fresh-vs-frozen split, from the records the
+    run wrote for this dataset."""
+    records = load_records(settings().results_dir / run.profile.name / run.dataset)
+    rows = decide(records, claim_comparisons(run, purifier), bare_defense(run))
+    return rows, randomness_split(records, randomness_arms(run))
+
+
+def claims_loss_traces(run: Run, purifier: str = "ae") -> dict[str, list[float]]:
+    """The mean loss per iterate of each traced record the claims compare, by defense and
+    attack."""
+    records = load_records(settings().results_dir / run.profile.name / run.dataset)
+    traces = {}
+    for c in claim_comparisons(run, purifier):
+        for arm in (c.a, c.b):
+            record = find(records, arm)
+            if record is not None and record.get("trace"):
+                label = f"{arm.defense.removeprefix('defense-')} · {arm.describe()} (n={arm.n})"
+                traces[label] = mean_loss_curve(record["trace"])
+    return traces
+
+
+def indicator_summary(records: list[dict]) -> pd.DataFrame:
+    """Per record: each attack-failure indicator fired (✗), quiet (✓) or not applicable (–)."""
+    rows = []
+    for r in records:
+        marks = {
+            name: {True: "✗", False: "✓", None: "–"}[
+                r.get("indicators", {}).get(name, {}).get("fired")
+            ]
+            for name in INDICATORS
+        }
+        rows.append(
+            {
+                "defense": r["defense"]["name"],
+                "attack": r["attack"]["name"],
+                "n": r["n"],
+                **marks,
+                "unreliable": r["unreliable"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_claims(run: Run, purifier: str = "ae") -> list:
+    """Decide the claims, write tables/<profile>/claims.md|csv and the loss-trace figure, and
+    return the report's claims blocks (`report.claims_blocks`)."""
+    rows, split = claims_section(run, purifier)
+    shown = display(rows)
+    tables = settings().tables_dir(run.profile.name)
+    tables.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(tables / "claims.md", (markdown_table(shown) + "\n").encode())
+    write_bytes_atomic(tables / "claims.csv", rows.to_csv(index=False).encode())
+    figure = None
+    if traces := claims_loss_traces(run, purifier):
+        figure, _ = save_figure(plots.loss_traces(traces), run.figures / "claims_loss_traces")
+    return claims_blocks(shown, split, figure, report_path(run.profile).parent)
+
+
+LIST_COLUMNS = ("ci_a", "ci_b", "diff_ci")  # intervals, stored in claims.csv as lists
+
+
+def _literal(text: str) -> object:
+    return ast.literal_eval(text) if text else None
+
+
+def update_readme_claims(run: Run) -> bool:
+    """Copy the claims table this run wrote into the README's claims block (when the home is a
+    checkout with a README that has one)."""
+    table = settings().tables_dir(run.profile.name) / "claims.csv"
+    readme = settings().home / "README.md"
+    if not table.exists() or not readme.exists():
+        return False
+    rows = pd.read_csv(table, converters={k: _literal for k in LIST_COLUMNS})
+    source = (
+        f"Generated by `bash run_all.sh` (profile `{run.profile.name}`, {run.dataset}) from the "
+        f"records under `results/{run.profile.name}/`; the same table opens `REPORT.md`."
+    )
+    return update_readme(readme, display(rows), source)

@@ -363,3 +363,21 @@ def training_curves(
         handles.update(zip(*ax.get_legend_handles_labels()[::-1], strict=True))  # label -> handle
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, title="run")
     return fig
+
+
+@_styled
+def loss_traces(traces: Mapping[str, Sequence[float]]) -> Figure:
+    """The attack's loss per iterate (cross-entropy, mean over the draws and the images), one
+    line per record: a curve still rising at the end is the incomplete-optimisation indicator."""
+    if not traces:
+        raise ValueError("no traced records: only PGD-EOT, BPDA+EOT and StAdv trace their loss")
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.2), layout="constrained")
+    ax = fig.subplots()
+    palette = sns.color_palette("colorblind", len(traces))
+    for color, (name, curve) in zip(palette, traces.items(), strict=True):
+        ax.plot(range(len(curve)), curve, marker="o", ms=2.5, color=color, label=name)
+    ax.set_xlabel("iterate (0: the random start; the last is the final point, scored only)")
+    ax.set_ylabel("attack loss: CE (nats)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.legend(loc="outside right center", title="record")
+    return fig

@@ -2,7 +2,8 @@
 
 Loads the defense and the profile's fixed evaluation images, resumes the record at its path if a
 killed run left one (refusing a record of any other run), attacks the remaining batches (or one
-shard of them), runs the sanity checks and marks the record complete.
+shard of them), runs the sanity checks and the attack-failure indicators (`indicators.py`) and
+marks the record complete. A record keeps the attack's loss trace per batch.
 """
 
 import dataclasses
@@ -15,7 +16,8 @@ from atop_core.attacks import ATTACKS, AttackConfig
 from atop_core.config import SEED_STRIDE, Profile, settings
 from atop_core.data import eval_subset, indices_sha256, load_dataset, shrink
 from atop_core.defense import load_defense
-from atop_core.evaluate import check_protocol, evaluate
+from atop_core.evaluate import attack_target, check_protocol, check_randomness, evaluate
+from atop_core.indicators import attack_indicators, marks_unreliable
 from atop_core.io import write_json
 from atop_core.precision import BF16, amp_enabled
 from atop_core.results import (
@@ -66,6 +68,7 @@ def _clean_copy(
     draws: int | None,
     shard: tuple[int, int] | None,
     seed: int,
+    randomness: str,
 ) -> tuple[dict, Path]:
     """The clean record under `protocol`: the CLEAN_PROTOCOL record, relabelled, naming its source
     (`same_as`) and costing no time of its own."""
@@ -79,6 +82,7 @@ def _clean_copy(
         draws=draws,
         shard=shard,
         seed=seed,
+        randomness=randomness,
     )
     record = {**source, "protocol": protocol, "same_as": source_path.name, "wall_s": 0.0}
     out = record_path(
@@ -90,6 +94,7 @@ def _clean_copy(
         protocol,
         shard,
         _named_n(profile, n),
+        randomness,
     )
     write_json(out, record)
     return record, out
@@ -112,12 +117,17 @@ def evaluate_defense(
     shard: tuple[int, int] | None = None,
     seed: int = 0,
     sanity: bool = True,
+    randomness: str = "fresh",
 ) -> tuple[dict, Path]:
     """Attack one saved defense on the profile's fixed evaluation subset; write (resumably) and
-    return the record and its path."""
+    return the record and its path. `randomness` "frozen" gives each image one fixed draw of
+    the transform, shared by the attack and the judge (`evaluate.py`)."""
     check_protocol(protocol)
+    check_randomness(randomness)
     if attack.name == "clean" and protocol != CLEAN_PROTOCOL:
-        return _clean_copy(path, profile, attack, protocol, device, n, draws, shard, seed)
+        return _clean_copy(
+            path, profile, attack, protocol, device, n, draws, shard, seed, randomness
+        )
     ev = profile.evaluation
     draws = draws or ev.draws
     # Not channels_last, though bench measured it 1.1x faster: torchattacks' L2 attacks flatten
@@ -151,6 +161,8 @@ def evaluate_defense(
     }
     if amp_enabled(device) and not ATTACKS[attack.name].float32:
         header["precision"] = BF16  # absent: float32, as in every record before this field
+    if randomness != "fresh":
+        header["randomness"] = randomness  # absent: fresh draws, as in every earlier record
     out = record_path(
         settings().results_dir,
         profile.name,
@@ -160,6 +172,7 @@ def evaluate_defense(
         protocol,
         shard,
         _named_n(profile, n),
+        randomness,
     )
     record = resume_or_start(out, header)
     if record.get("complete"):
@@ -167,11 +180,11 @@ def evaluate_defense(
     start = time.perf_counter() - record.get("wall_s", 0.0)
     done = -(-len(record["per_sample"]["index"]) // ev.batch_size)  # batches are saved whole
 
-    def keep(first: int, correct: torch.Tensor) -> None:
+    def keep(first: int, correct: torch.Tensor, trace: dict | None) -> None:
         nonlocal record
         positions = range(lo + first, lo + first + correct.shape[1])
         record["wall_s"] = round(time.perf_counter() - start, 1)
-        record = save_progress(out, record, correct, [idx[p] for p in positions])
+        record = save_progress(out, record, correct, [idx[p] for p in positions], trace)
 
     evaluate(
         target,
@@ -185,9 +198,10 @@ def evaluate_defense(
         first_batch=batches.start,
         skip_batches=done,
         defense_seed=seed,
+        randomness=randomness,
         on_batch=keep,
     )
-    checks = {}
+    checks, indicators = {}, {}
     if sanity and ev.sanity_n and batches.start == 0:
         # spread over the (sorted) index list: test splits stored by class would bias a prefix
         picked = list(range(0, hi, max(1, hi // ev.sanity_n)))[: ev.sanity_n]
@@ -205,12 +219,25 @@ def evaluate_defense(
             batch_size=ev.batch_size,
             square_queries=ev.square_queries,
             defense_seed=seed,
+            randomness=randomness,
             identity=(header["defense"]["sha256"], network_digest(defense.classifier)),
             bare_data=(sub.images[:hi], sub.labels[:hi]),  # shard 0's (all, unsharded)
         )
+        indicators = attack_indicators(
+            record,
+            attack_target(target, protocol),
+            target,
+            attack,
+            sub.images[picked].to(device).float().div(255),
+            sub.labels[picked].to(device),
+            checks,
+            seed=seed,
+        )
+    verdict = unreliable(checks) if checks else None
     record.update(
         sanity=checks,
-        unreliable=unreliable(checks) if checks else None,
+        indicators=indicators,
+        unreliable=True if marks_unreliable(indicators) else verdict,
         env=environment(device),
         wall_s=round(time.perf_counter() - start, 1),
         complete=True,

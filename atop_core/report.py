@@ -333,6 +333,39 @@ def strength_blocks(frame: pd.DataFrame) -> list[Block]:
     ]
 
 
+CLAIMS_LEAD = (
+    "Each row compares two records on the same fixed test images: a defense under an attack, "
+    "judged over every draw of the record. The reading that decides is the majority vote over "
+    "the draws (the deployed random defense answers by vote); worst-of-N (every draw right) is "
+    "shown beside it. The paired difference has Newcombe's 95% interval, the p-value is the exact "
+    "McNemar test on the images the two records disagree on, Holm-adjusted across the rows. "
+    "`supported` needs a significant difference in the claimed direction (or, for 'keeps' and "
+    "'at least as strong', an interval within the stated margin); rows on too few images, on a "
+    "record the sanity checks or attack-failure indicators mark unreliable, or on a purifier "
+    "that keeps less than half the classifier's clean accuracy are inconclusive, with the reason."
+)
+SPLIT_LEAD = (
+    "What the randomness gives: robust accuracy (vote) under the same attack with fresh draws, "
+    "and with each image's draw frozen so that the attack and the judge share it (the purifier's "
+    "robustness on its own)."
+)
+
+
+def claims_blocks(
+    claims: pd.DataFrame, split: pd.DataFrame, figure: Path | None, out_dir: Path
+) -> list[Block]:
+    """The claims section that opens the report (`claims.display` rows, the randomness split,
+    the loss traces of the compared records)."""
+    blocks: list[Block] = [("h", (2, "The paper's claims, decided")), ("p", CLAIMS_LEAD)]
+    blocks.append(("table", claims) if not claims.empty else ("p", "No claim has records yet."))
+    if not split.empty:
+        blocks += [("p", SPLIT_LEAD), ("table", split)]
+    if figure is not None and figure.exists():
+        caption = "Attack loss per iterate of the claims' records"
+        blocks.append(("image", (os.path.relpath(figure, out_dir), caption)))
+    return blocks
+
+
 def records_blocks(frame: pd.DataFrame) -> list[Block]:
     """Every record, so a number can be traced to its file; accuracies in %."""
     done = frame[frame["complete"].astype(bool)].sort_values(["dataset", "defense", "attack"])
@@ -341,7 +374,8 @@ def records_blocks(frame: pd.DataFrame) -> list[Block]:
             "dataset": done["dataset"],
             "defense": done["defense"],
             "attack": done["tag"].fillna(done["attack"]),
-            "protocol": done["protocol"],
+            "protocol": done["protocol"]
+            + done["randomness"].map({"frozen": " (frozen)"}).fillna(""),
             "n": done["n"],
             "single [95%]": [
                 f"{100 * s:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
@@ -354,9 +388,26 @@ def records_blocks(frame: pd.DataFrame) -> list[Block]:
             "sanity": done["unreliable"]
             .map({True: "⚠ unreliable", False: "passed"})
             .fillna("not checked"),
+            "indicators fired": done["fired"].fillna(""),
         }
     )
     return [("h", (2, "All records")), ("table", table)]
+
+
+README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def update_readme(readme: Path, claims: pd.DataFrame, source: str) -> bool:
+    """Replace the README's text between its claims markers with the claims table and the line
+    naming where it comes from; False (nothing written) when the markers are missing."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    body = f"\n{markdown_table(claims)}\n\n{source}\n"
+    write_bytes_atomic(readme, (head + README_START + body + README_END + tail).encode())
+    return True
 
 
 def write_report(
@@ -366,10 +417,12 @@ def write_report(
     profile: str,
     out: Path = Path("REPORT.md"),
     notes: Mapping[str, str] | None = None,
+    claims: list[Block] | None = None,
 ) -> tuple[Path, Path]:
     """Write tables/<id>.* and REPORT.md + REPORT.html for one profile, from the records under
     `results_dir/<profile>` (results_dir is the results root). `notes` (name -> text) add lines
-    to the not-run section, e.g. {"cifar100": "no local copy, and no network to download it"}."""
+    to the not-run section, e.g. {"cifar100": "no local copy, and no network to download it"};
+    `claims` (`claims_blocks`) opens the report, after its header."""
     reference, out = load_reference(), Path(out)
     records_path = Path(results_dir) / profile
     frame = load_records_frame(records_path)
@@ -378,6 +431,8 @@ def write_report(
     if shown.is_absolute() and shown.resolve().is_relative_to(Path(out).resolve().parent):
         shown = shown.resolve().relative_to(Path(out).resolve().parent)
     blocks = header_blocks(profile, frame, shown)
+    if claims:
+        blocks[3:3] = claims  # after the title, the scale and the counts
     blocks.append(("list", [f"{k}: {v}" for k, v in reference["source_tags"].items()]))
     blocks.append(("h", (2, "Tables")))
     for table_id, long in built.items():

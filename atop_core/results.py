@@ -21,7 +21,7 @@ from atop_core.provenance import code_version
 SCHEMA = 1
 # Fields that define a run: a file on disk is resumed (or merged) only if all of them agree.
 RUN_KEYS = ("schema", "dataset", "split", "profile", "protocol", "indices", "defense", "attack")
-RUN_KEYS += ("draws", "batch_size", "seeding", "precision")
+RUN_KEYS += ("draws", "batch_size", "seeding", "precision", "randomness")
 SHARD_RE = re.compile(r"__shard-(\d+)-of-(\d+)\.json$")
 Z_95 = 1.959964  # two-sided 95% normal quantile
 
@@ -118,11 +118,13 @@ def record_path(
     protocol: str,
     shard: tuple[int, int] | None = None,
     n: int | None = None,
+    randomness: str = "fresh",
 ) -> Path:
-    """`<results>/<profile>/<dataset>/<defense>__<attack>__<protocol>[__n<n>][__shard-i-of-k].json`;
-    `n` names an image count other than the profile's `n_eval`, so runs at two sizes never meet
-    in one file."""
-    suffix = f"__n{n}" if n is not None else ""
+    """`<results>/<profile>/<dataset>/<defense>__<attack>__<protocol>[__frozen][__n<n>]
+    [__shard-i-of-k].json`; `n` names an image count other than the profile's `n_eval`, so runs
+    at two sizes never meet in one file, and frozen randomness its own runs."""
+    suffix = "__frozen" if randomness == "frozen" else ""
+    suffix += f"__n{n}" if n is not None else ""
     suffix += f"__shard-{shard[0]}-of-{shard[1]}" if shard else ""
     return (
         results_dir / profile / dataset / f"{defense_name}__{attack_tag}__{protocol}{suffix}.json"
@@ -152,9 +154,25 @@ def append_outcomes(per_sample: dict, correct: torch.Tensor, indices: list[int])
     per_sample["first_draw"] += correct[0].int().tolist()
 
 
-def save_progress(path: Path, record: dict, correct: torch.Tensor, indices: list[int]) -> dict:
-    """Append one batch's (draws, B) outcomes to the record and write it atomically."""
+def append_trace(record: dict, trace: dict | None) -> None:
+    """Add one batch's attack trace (`attacks/trace.py`): its per-step mean loss and, per
+    sample, whether an iterate was misclassified. Untraced attacks keep no trace."""
+    if trace is None:
+        return
+    kept = record.setdefault("trace", {"loss": [], "fooled": []})
+    kept["loss"].append(trace["loss"])
+    for key in ("fooled", "returned_fooled"):
+        if key in trace:
+            kept[key] = kept.get(key, []) + trace[key]
+
+
+def save_progress(
+    path: Path, record: dict, correct: torch.Tensor, indices: list[int], trace: dict | None = None
+) -> dict:
+    """Append one batch's (draws, B) outcomes (and attack trace) to the record and write it
+    atomically."""
     append_outcomes(record["per_sample"], correct, indices)
+    append_trace(record, trace)
     record = {**record, **summarize_outcomes(record["per_sample"], record["draws"])}
     record["complete"] = False
     write_json(path, record)
@@ -192,10 +210,16 @@ def merge_shards(paths: list[Path]) -> dict:
     }
     merged = {key: records[0][key] for key in RUN_KEYS if key != "indices" and key in records[0]}
     merged["indices"] = {**records[0]["indices"], "shard": None}
+    if all("trace" in r for r in records):
+        merged["trace"] = {"loss": [batch for r in records for batch in r["trace"]["loss"]]}
+        for key in ("fooled", "returned_fooled"):
+            if all(key in r["trace"] for r in records):
+                merged["trace"][key] = [v for r in records for v in r["trace"][key]]
     merged.update(
         per_sample=per_sample,
         **summarize_outcomes(per_sample, merged["draws"]),
         sanity=records[0].get("sanity", {}),
+        indicators=records[0].get("indicators", {}),
         unreliable=records[0].get("unreliable"),
         env=records[0]["env"],
         wall_s=round(sum(r["wall_s"] for r in records), 1),

@@ -88,6 +88,7 @@ def sanity_checks(
     batch_size: int,
     square_queries: int,
     defense_seed: int = 0,
+    randomness: str = "fresh",
     identity: tuple[str, str] | None = None,
     bare_data: tuple[Tensor, Tensor] | None = None,
 ) -> dict:
@@ -95,10 +96,12 @@ def sanity_checks(
     `white_box` accuracy on exactly these images. `identity`, the (defense, bare classifier)
     digests, lets checks that repeat across records run once per process. `bare_data`, (images,
     labels), are what the bare-classifier check attacks instead (records pass all theirs: no
-    purifier and one draw make it cheap, and on 8 images one survivor decides it). Returns
+    purifier and one draw make it cheap, and on 8 images one survivor decides it). `randomness`
+    is the record's (frozen: every check shares each image's one draw). Returns
     {check: {"passed": bool | None, ...}}."""
     n, data = len(images), (images, labels)
     kw = {"device": device, "draws": draws, "batch_size": batch_size, "defense_seed": defense_seed}
+    kw["randomness"] = randomness  # the checks see the record's randomness
     whole, bare = identity or (None, None)
     name, norm = attack.name, attack.norm
     checks: dict[str, dict] = {}

@@ -119,6 +119,8 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
         "schema": record.get("schema", 0),
         "code": short((record.get("env") or {}).get("atop_core")),
         "precision": record.get("precision", FLOAT32),  # absent: float32 (`precision.py`)
+        "randomness": record.get("randomness", "fresh"),  # absent: fresh draws (`evaluate.py`)
+        "fired": ", ".join(k for k, v in (record.get("indicators") or {}).items() if v["fired"]),
     }
     for k in READINGS:
         row[k] = record["accuracy"][k]
@@ -129,7 +131,7 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
 FRAME_COLUMNS = ("dataset", "profile", "protocol", "defense", "classifier", "purifier")
 FRAME_COLUMNS += ("transform", "atop", "adversarial_training", "attack", "tag", "steps", "eot")
 FRAME_COLUMNS += ("eps", "n", "indices", "draws", "unreliable", "complete", "schema", "code")
-FRAME_COLUMNS += ("precision",)
+FRAME_COLUMNS += ("precision", "randomness", "fired")
 FRAME_COLUMNS += tuple(f"{k}{s}" for k in READINGS for s in ("", "_lo", "_hi"))
 
 
@@ -191,8 +193,10 @@ def selector(parts: list[Mapping], profile: str) -> dict:
 
 
 def match(frame: pd.DataFrame, sel: Mapping) -> pd.DataFrame:
-    """Complete records that fit a selector; a missing or null key matches anything."""
-    keep = frame["complete"].astype(bool)
+    """Complete records of the deployed defense (fresh draws: a frozen-randomness diagnostic
+    never stands in for a table's cell) that fit a selector; a missing or null key matches
+    anything."""
+    keep = frame["complete"].astype(bool) & (frame["randomness"] == "fresh")
     for key in ("dataset", "classifier", "protocol", "steps", "eot"):
         if sel.get(key) is not None:
             keep &= frame[key] == sel[key]

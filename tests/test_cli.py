@@ -102,6 +102,12 @@ def test_evaluate_writes_a_record_with_its_protocol(tmp_path, monkeypatch, capsy
         out.with_name("defense-ae-rt2-atop__fgsm-eot2__whole-model__n10.json").read_text()
     )
     assert merged["n"] == 10 and merged["shards"] == 2 and merged["complete"] is True
+    # frozen randomness: its own record, one draw per image shared by the attack and the judge
+    assert main([*shard[:-1], "--randomness", "frozen", "--draws", "4"]) == 0
+    frozen = out.with_name("defense-ae-rt2-atop__fgsm-eot2__whole-model__frozen__n10.json")
+    record = json.loads(frozen.read_text())
+    assert record["randomness"] == "frozen" and record["draws"] == 4
+    assert set(record["per_sample"]["correct_draws"]) <= {0, 4}
 
 
 BAD_INPUTS = [  # arguments, what the one line must say
@@ -113,6 +119,7 @@ BAD_INPUTS = [  # arguments, what the one line must say
     (["evaluate", "--defense", "missing.pt"], "no defense checkpoint at missing.pt"),
     (["evaluate", "--defense", "defense-gan-rt2-atop"], "is a name, not a file: add --dataset"),
     (["merge", "--attack", "pgd"], "unrecognized arguments: --attack pgd"),
+    (["evaluate", "--randomness", "thawed"], "invalid choice: 'thawed'"),
 ]
 
 

@@ -190,3 +190,19 @@ def test_missing_checkpoint_names_the_path(tmp_path):
 def test_bad_defense_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _defense(**kwargs)
+
+
+def test_a_frozen_defense_draws_the_same_noise_and_masks_every_call():
+    torch.manual_seed(0)
+    model = DefendedModel(
+        build_classifier("small", 10, 32, width=0.25),
+        build_purifier("ae", width=4, image_size=32),
+        RandomTransform(TransformConfig(), seed=3),
+    ).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        fresh = model.draw_logits(x, 2)
+        model.frozen = True
+        frozen = model.draw_logits(x, 2), model.draw_logits(x, 1)
+    assert not torch.allclose(fresh[0], fresh[1])  # two fresh draws differ
+    assert torch.equal(frozen[0][0], frozen[0][1]) and torch.equal(frozen[0][0], frozen[1][0])

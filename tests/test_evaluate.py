@@ -65,7 +65,7 @@ def test_skipped_batches_continue_with_the_same_draws_as_an_uninterrupted_run():
         draws=3,
         batch_size=2,
         skip_batches=2,
-        on_batch=lambda start, correct: seen.append(start),
+        on_batch=lambda start, correct, trace: seen.append(start),
     )
     assert seen == [4] and rest["per_sample"]["index"] == [4, 5]
     assert rest["per_sample"]["correct_draws"] == full["per_sample"]["correct_draws"][4:]

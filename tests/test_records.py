@@ -7,6 +7,7 @@ import torch
 
 from atop_core.attacks import AttackConfig
 from atop_core.config import get_profile
+from atop_core.indicators import INDICATORS
 from atop_core.records import evaluate_defense, parse_shard, shard_batches
 from atop_core.results import RecordMismatchError, merge_all
 from tests.conftest import save_tiny_defense, write_tree
@@ -106,3 +107,25 @@ def test_the_bare_classifier_check_attacks_every_record_image(defense_path):
     record, _ = _run(defense_path, sanity=True)
     assert record["n"] == 10 and record["sanity"]["bare_classifier"]["n"] == 10
     assert record["sanity"]["more_budget"]["passed"] is not None  # the rest: on sanity_n (8)
+
+
+def test_frozen_randomness_is_its_own_record_with_one_draw_per_image(defense_path):
+    fresh, fresh_out = _run(defense_path)
+    frozen, frozen_out = _run(defense_path, randomness="frozen")
+    assert frozen_out.name.endswith("__whole-model__frozen__n10.json") and frozen_out != fresh_out
+    assert frozen["randomness"] == "frozen" and "randomness" not in fresh
+    # one draw per image, shared by the attack and the judge: every draw agrees
+    assert set(frozen["per_sample"]["correct_draws"]) <= {0, frozen["draws"]}
+    assert frozen["accuracy"]["single"] == frozen["accuracy"]["worst"]
+    with pytest.raises(ValueError, match="unknown randomness 'thawed'"):
+        _run(defense_path, randomness="thawed")
+
+
+def test_records_carry_the_attack_trace_and_every_indicator(defense_path):
+    record, _ = _run(defense_path, sanity=True)
+    assert [len(batch) for batch in record["trace"]["loss"]] == [ATTACK.steps + 1] * 2
+    assert len(record["trace"]["fooled"]) == record["n"]
+    assert set(record["indicators"]) == set(INDICATORS)
+    for name, verdict in record["indicators"].items():
+        assert verdict["fired"] in (True, False, None), name
+        assert ("fix" in verdict) == bool(verdict["fired"]), name

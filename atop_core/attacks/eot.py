@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atop_core.attacks.cw import margin, project_l2
+from atop_core.attacks.trace import attack_trace, observe
 from atop_core.defense import DefendedModel
 
 if TYPE_CHECKING:
@@ -31,8 +32,11 @@ def eot_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     gradient is the mean of the per-draw gradients. A plain classifier has one draw."""
     if isinstance(model, DefendedModel):
         logits = model.draw_logits(x, draws)
+        observe(logits, y)
         return F.cross_entropy(logits.flatten(0, 1), y.repeat(draws), reduction="sum") / draws
-    return F.cross_entropy(model(x), y, reduction="sum")
+    logits = model(x)
+    observe(logits, y)
+    return F.cross_entropy(logits, y, reduction="sum")
 
 
 def eot_margin(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
@@ -40,8 +44,11 @@ def eot_margin(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     expected margin, whose gradient is the mean of the per-draw gradients (StAdv's objective)."""
     if isinstance(model, DefendedModel):
         logits = model.draw_logits(x, draws)
+        observe(logits, y)
         return margin(logits.flatten(0, 1), y.repeat(draws)).sum() / draws
-    return margin(model(x), y).sum()
+    logits = model(x)
+    observe(logits, y)
+    return margin(logits, y).sum()
 
 
 def bpda_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
@@ -52,24 +59,39 @@ def bpda_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     repeated = x.repeat(draws, 1, 1, 1) if draws > 1 else x
     purified = repeated + (model.purify(repeated) - repeated).detach()
     logits = model.classifier(purified)
+    observe(logits.view(draws, len(x), -1), y)
     return F.cross_entropy(logits, y.repeat(draws), reduction="sum") / draws
+
+
+def _passes(model: nn.Module, x: Tensor, draws: int, pass_size: int | None) -> list[int]:
+    """The draws of each pass: about `pass_size` image-draws (at least one draw of the whole
+    batch) per pass; one draw for a plain classifier or a defense whose randomness is frozen."""
+    draws = draws if isinstance(model, DefendedModel) and not model.frozen else 1
+    per_pass = draws if pass_size is None else max(1, pass_size // len(x))
+    return [min(per_pass, draws - start) for start in range(0, draws, per_pass)]
 
 
 def eot_grad(
     loss: Loss, model: nn.Module, x: Tensor, y: Tensor, draws: int, pass_size: int | None = EOT_PASS
 ) -> Tensor:
-    """The gradient of `loss` over `draws` draws at x, in passes of about `pass_size` image-draws
-    (at least one draw of the whole batch per pass; None: all draws in one pass). It equals the
-    one-pass gradient, the mean of the per-draw gradients; only the draws' order in the
-    transform's stream differs."""
-    draws = draws if isinstance(model, DefendedModel) else 1  # a plain classifier has one draw
-    per_pass = draws if pass_size is None else max(1, pass_size // len(x))
+    """The gradient of `loss` over `draws` draws at x, in passes (`_passes`; None: all draws in
+    one pass). It equals the one-pass gradient, the mean of the per-draw gradients; only the
+    draws' order in the transform's stream differs."""
+    passes = _passes(model, x, draws, pass_size)
     total = torch.zeros_like(x)
-    for start in range(0, draws, per_pass):
-        k = min(per_pass, draws - start)
+    for k in passes:
         point = x.detach().requires_grad_(True)
         total += torch.autograd.grad(loss(model, point, y, k), point)[0] * k
-    return total / draws
+    return total / sum(passes)
+
+
+@torch.no_grad()
+def eot_score(
+    loss: Loss, model: nn.Module, x: Tensor, y: Tensor, draws: int, pass_size: int | None = EOT_PASS
+) -> None:
+    """The forward passes of `eot_grad` alone: what they show the attack's trace."""
+    for k in _passes(model, x, draws, pass_size):
+        loss(model, x, y, k)
 
 
 Step = Callable[[Tensor, Tensor], Tensor]  # (adversarial images, gradient) -> next images
@@ -118,13 +140,31 @@ def projected_gradient(
 ) -> Tensor:
     """PGD in the attack's norm ball (L∞: signed steps; L2: torchattacks' PGDL2 steps) ascending
     `loss` from a random start drawn from the attack's own seed; the EOT gradient in passes of
-    `pass_size` image-draws (`eot_grad`). Ours because torchattacks' PGD and PGDL2 see one draw
-    per step, or with EOT the mean logits, in one pass of batch × draws."""
+    `pass_size` image-draws (`eot_grad`). Returns, per image, the iterate of highest loss among
+    those the mean logits of its EOT draws misclassify, or of all if none is (the last iterate
+    is scored too): the last alone, or the highest cross-entropy alone, can lose a point the
+    attack had found (silent success, `indicators.py`). Ours because torchattacks' PGD and PGDL2
+    see one draw per step, or with EOT the mean logits, in one pass of batch × draws."""
     g = torch.Generator(device=x.device).manual_seed(cfg.seed)
     adv, step = PGD_BALLS[cfg.norm](x, cfg, g)
-    for _ in range(cfg.steps):
-        adv = step(adv, eot_grad(loss, model, adv, y, cfg.eot, pass_size))
-    return adv.detach()
+    best, best_loss = adv.clone(), torch.full((len(x),), -torch.inf, device=x.device)
+    best_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    with attack_trace() as trace:
+        for k in range(cfg.steps + 1):
+            trace.step()
+            if k < cfg.steps:
+                grad = eot_grad(loss, model, adv, y, cfg.eot, pass_size)
+            else:  # score the last iterate: forward passes only
+                eot_score(loss, model, adv, y, cfg.eot, pass_size)
+            point_loss, fooled = (t.to(x.device) for t in trace.current())
+            # a misclassified iterate beats a right one; among equals, the higher loss wins
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (point_loss > best_loss))
+            best[better], best_loss[better] = adv[better], point_loss[better]
+            best_fooled[better] = fooled[better]
+            if k < cfg.steps:
+                adv = step(adv, grad)
+        trace.returned(best_fooled)
+    return best.detach()
 
 
 def pgd_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atop_core.attacks.eot import eot_grad, eot_margin
+from atop_core.attacks.trace import mark_step
 
 if TYPE_CHECKING:
     from atop_core.attacks import AttackConfig
@@ -52,6 +53,7 @@ def stadv_flow(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> T
     flow = torch.zeros(b, h, w, 2, device=x.device, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.Adam([flow], lr=cfg.lr)
     for _ in range(cfg.steps):
+        mark_step()
         moved = apply_flow(x, flow)
         toward = eot_grad(eot_margin, model, moved.detach(), y, cfg.eot or 1)
         loss = (moved * toward).sum() + cfg.tau * flow_smoothness(flow).sum()
