@@ -41,9 +41,6 @@ esac
 case "${ATOP_AMP:-auto}" in auto|on|off) ;; *)
   echo "run_all: --amp (or ATOP_AMP) must be auto, on or off, got '$ATOP_AMP'" >&2; exit 2 ;;
 esac
-if [ -z "${ATOP_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
-  export ATOP_DATA_DIR="$(cd ../shared/data && pwd)"
-fi
 
 source scripts/bootstrap_env.sh
 start=$SECONDS

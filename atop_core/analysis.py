@@ -1,7 +1,7 @@
 """What the figures show, computed without drawing (plots.py draws it).
 
 - `mix_number_analysis`: the authors' "impact of missing rate and mix number" quantities
-  (ATOP_PAPER §4, §6 item 10), on our block masks by default.
+  (docs/paper.md), on our block masks by default.
 - `rt_stages`: one draw of t, g and the combination, stage by stage (the paper's Figure 2).
 - `purify_examples`: clean, adversarial and purified images with the classifier's predictions.
 - `readings_frame`: evaluation records as one long table, one row per record and reading.
@@ -50,7 +50,7 @@ def mix_number_analysis(
       perturbation the masked copies still carry (noise-free, so it is 0 when x' = x);
     - noise_residual (quantity ii) = 100 · mean |mix(clip(x' + σ·n_j)) − mix(x')|: the noise left
       after averaging M noisy masked copies, which falls as M grows.
-    The authors' notebook drew per-pixel masks with σ = 2/255 (ATOP_PAPER §6 item 10): pass
+    The authors' notebook drew per-pixel masks with σ = 2/255: pass
     grid = image side for per-pixel masks. Masks are drawn from `seed`, noise from its own stream;
     every pair restarts both, so two missing rates with the same M share their draws (the missing
     blocks at a higher rate include those at a lower one) and the rows are comparable.

@@ -257,12 +257,12 @@ def verdict(row: dict, required: int) -> tuple[str, str]:
         return "inconclusive", f"no significant difference (Holm p = {row['p_holm']:.2g})"
     if row["test"] == "not_lower":
         if lower >= -m:
-            return "supported", f"the interval's lower end is within {100 * m:g} points"
+            return "supported", f"the interval lies above -{100 * m:g} points"
         if significant and upper < -m:
             return "contradicted", f"lower by more than {100 * m:g} points"
         return "inconclusive", f"the interval reaches below -{100 * m:g} points"
     if upper <= m:
-        return "supported", f"the interval's upper end is within {100 * m:g} points"
+        return "supported", f"the interval lies below +{100 * m:g} points"
     if significant and lower > m:
         return "contradicted", f"higher by more than {100 * m:g} points"
     return "inconclusive", f"the interval reaches above {100 * m:g} points"
@@ -300,7 +300,7 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for r in rows.to_dict("records"):
         ran = r.get("n") is not None and not pd.isna(r.get("n"))
-        reason = r["reason"] + (f"; {r['note']}" if r.get("note") else "")
+        reason = "; ".join(t for t in (r["reason"], r.get("note")) if t)
         out.append(
             {
                 "claim": r["claim"],

@@ -16,7 +16,7 @@ import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-ENV_DATA_DIR = "ATOP_DATA_DIR"  # folder holding local dataset copies (shared/data/README.md)
+ENV_DATA_DIR = "ATOP_DATA_DIR"  # folder holding local dataset copies (docs/data.md)
 ENV_CACHE_DIR = "ATOP_CACHE_DIR"  # where decoded datasets and torchvision downloads are kept
 ENV_HOME = "ATOP_HOME"  # where indices/, checkpoints/, results/, figures/ and tables/ live
 ENV_AMP = "ATOP_AMP"  # auto | on | off: bf16 autocast for attacks and training (precision.py)
@@ -110,7 +110,7 @@ class DataConfig:
     """How much of a dataset a profile uses; 0 means the whole split."""
 
     train_subset: int = 0
-    n_eval: int = 512  # DESIGN §4: 512 fixed test images at the paper profile
+    n_eval: int = 512  # 512 fixed test images at the paper profile
     eval_seed: int = 0
     max_size: int = 0  # 0: native; else larger images are shrunk to it (smoke: 128-px ImageNette
     # at 32 px, so the pipeline test takes seconds per stage)
@@ -127,7 +127,7 @@ TRANSFORM_KINDS = ("none", "rt1", "rt2", "rt3")
 
 @dataclass(frozen=True)
 class TransformConfig:
-    """The random transform t (DESIGN §3; values from the authors' code, ATOP_PAPER §1.2)."""
+    """The random transform t (values from the authors' code)."""
 
     kind: str = "rt2"  # none | rt1 (mask) | rt2 (noise, then mask) | rt3 (noise, then N masks)
     noise_std: float = 0.25  # on the [0,1] scale; rt2 and rt3 only
@@ -166,7 +166,7 @@ PURIFIER_KINDS = ("gan", "ae")
 FINETUNE_ATTACKS = ("fgsm", "pgd", "none")
 ATTACK_TARGETS = ("classifier", "whole-model")
 RECONSTRUCTION_TARGETS = ("adv", "clean")
-EPS_LINF = 8 / 255  # the paper's L-inf budget (ATOP_PAPER §2)
+EPS_LINF = 8 / 255  # the paper's L-inf budget
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class PurifierConfig:
-    """The purifier g and its pretraining on clean data with L_df (DESIGN §3)."""
+    """The purifier g and its pretraining on clean data with L_df."""
 
     kind: str = "gan"  # gan (DeepFillv2-style) | ae (U-Net autoencoder)
     width: int = 16  # base channels; DeepFillv2's cnum is 48
@@ -236,20 +236,20 @@ class PurifierConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """AToP fine-tuning: L_df(x') + λ·CE(y, f(g(t(x')))) with f frozen (ATOP_PAPER §1.3)."""
+    """AToP fine-tuning: L_df(x') + λ·CE(y, f(g(t(x')))) with f frozen."""
 
     epochs: int = 1
     batch_size: int = 128
     lr: float = 5e-4
     lam: float = 0.05  # λ of the authors' CIFAR notebooks (cls_n)
     # fgsm (the paper) | pgd | none: CE (and L_df) on the clean images, the authors' `*-clean`
-    # notebooks (ATOP_PAPER §1.3), a control that isolates what the adversarial examples add
+    # notebooks, a control that isolates what the adversarial examples add
     attack: str = "fgsm"
     attack_on: str = "classifier"  # classifier (the paper's code) | whole-model
     eps: float = EPS_LINF
     steps: int = 10  # pgd only
     # adv: reconstruct x' (the paper's equation) | clean: x from t(x'), the consistency term a
-    # reviewer proposed (ATOP_PAPER §1.3); the authors' original log instead reconstructed x
+    # reviewer proposed; the authors' original log instead reconstructed x
     # from t(x), which is not implemented
     target: str = "adv"
     train_subset: int = 0
@@ -276,7 +276,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Attack budgets of a profile (DESIGN §4: PGD-200 with EOT 20 at the paper profile)."""
+    """Attack budgets of a profile (the paper profile: PGD-200 with EOT 20)."""
 
     steps: int = 200
     eot: int = 20  # transform draws per attack gradient
@@ -311,7 +311,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class Profile:
-    """A named scale for the whole pipeline (DESIGN §5)."""
+    """A named scale for the whole pipeline."""
 
     name: str
     data: DataConfig = field(default_factory=DataConfig)

@@ -72,7 +72,7 @@ IMAGENETTE_CLASSES = tuple(
     "n01440764 n02102040 n02979186 n03000684 n03028079 n03394916 n03417042 n03425413 n03445777 "
     "n03888257".split()
 )
-IMAGENETTE_SIZE = 128  # the local copy's resolution (shared/data/README.md); downloads are resized
+IMAGENETTE_SIZE = 128  # the local copy's resolution (docs/data.md); downloads are resized
 
 
 def _torchvision_cifar(cls_name: str) -> Callable[[Path, str, bool], Dataset]:
@@ -245,7 +245,7 @@ def _decode_local(spec: DatasetSpec, tree: _LocalTree, split: str) -> ImageTenso
     if not names:
         raise DataFormatError(
             f"{tree.path} holds no images under '{folder}/<class>/'; expected "
-            f"the layout of shared/data/README.md"
+            f"the layout of docs/data.md"
         )
     found = sorted({PurePosixPath(n).parts[-2] for n in names})
     if tuple(found) != tuple(sorted(spec.classes)):
@@ -380,7 +380,7 @@ def load_dataset(
     raise DataNotFoundError(
         f"no copy of {name}/{split} found. Looked in: {'; '.join(looked)}. Fix: set {ENV_DATA_DIR} "
         f"(or pass root= / --data-dir) to a folder holding {name}.zip or {name}/ as described in "
-        f"shared/data/README.md, or go online and pass download=True."
+        f"docs/data.md, or go online and pass download=True."
     )
 
 

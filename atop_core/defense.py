@@ -1,4 +1,4 @@
-"""The defended model x ↦ f(g(t(x))): random transform, purifier, frozen classifier (DESIGN §1, §3).
+"""The defended model x ↦ f(g(t(x))): random transform, purifier, frozen classifier.
 
 Stochastic and differentiable end to end, so attacks can see exactly what the defense computes.
 EOT draws are batched (the batch is repeated K times and run in one forward), never looped.

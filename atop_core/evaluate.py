@@ -1,4 +1,4 @@
-"""Attacking and judging a stochastic defense, batch by batch (DESIGN §4).
+"""Attacking and judging a stochastic defense, batch by batch.
 
 Adversarial examples are made once per sample, then the defense is run `draws` times on them:
 single-draw accuracy (the first draw), majority vote over the draws, and worst of the draws (a

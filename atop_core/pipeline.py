@@ -59,7 +59,7 @@ class Split:
 class DataBundle:
     name: str
     train: ImageTensorDataset
-    eval: Split  # the fixed evaluation subset (DESIGN §4)
+    eval: Split  # the fixed evaluation subset
     num_classes: int
     image_size: int
 

@@ -373,9 +373,12 @@ def loss_traces(traces: Mapping[str, Sequence[float]]) -> Figure:
         raise ValueError("no traced records: only PGD-EOT, BPDA+EOT and StAdv trace their loss")
     fig = Figure(figsize=(PAGE_WIDTH_IN, 3.2), layout="constrained")
     ax = fig.subplots()
-    palette = sns.color_palette("colorblind", len(traces))
-    for color, (name, curve) in zip(palette, traces.items(), strict=True):
-        ax.plot(range(len(curve)), curve, marker="o", ms=2.5, color=color, label=name)
+    palette = sns.color_palette("colorblind", 10)  # ten colours, then a new line style
+    for i, (name, curve) in enumerate(traces.items()):
+        style = ("-", "--", ":")[i // 10 % 3]
+        ax.plot(
+            range(len(curve)), curve, style, marker="o", ms=2.5, color=palette[i % 10], label=name
+        )
     ax.set_xlabel("iterate (0: the random start; the last is the final point, scored only)")
     ax.set_ylabel("attack loss: CE (nats)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

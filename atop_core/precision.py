@@ -1,4 +1,4 @@
-"""Mixed precision: bf16 autocast for the attacks' and the training steps' passes (DESIGN §7).
+"""Mixed precision: bf16 autocast for the attacks' and the training steps' passes.
 
 One switch, `ATOP_AMP` (the command line's `--amp`): `auto` (the default) turns bf16 autocast on
 for CUDA devices that support bf16 and leaves every other device in float32 (the CPUs this

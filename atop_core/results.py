@@ -1,6 +1,6 @@
 """Evaluation records in and out: one JSON file per (defense, attack, protocol[, shard]).
 
-(DESIGN §4, STYLE §2.7.) A record carries its whole protocol and per-sample outcomes, and is
+A record carries its whole protocol and per-sample outcomes, and is
 rewritten atomically after every batch with `complete: false` until its run ends, so a killed
 evaluation resumes where it stopped. A file is resumed only by the very same run: a record of
 another protocol, attack, defense, index list or batch size is refused, never mixed in.

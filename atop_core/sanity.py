@@ -1,4 +1,4 @@
-"""Sanity checks against gradient masking, run with every evaluation (DESIGN §4).
+"""Sanity checks against gradient masking, run with every evaluation.
 
 After Carlini et al., "On Evaluating Adversarial Robustness" (2019): on the first `n` evaluation
 images, rerun the attack with a huge budget (accuracy must collapse), with twice the steps and

@@ -4,8 +4,7 @@ in the paper's layout. Pure functions: `report.py` writes the files.
 
 Nothing is invented: a cell without a matching record is "not run", with the reason; a paper cell
 that was not recovered is unknown (??). When several records match one cell (AutoAttack standard
-and rand, or one attack under two names), the worst is reported, as a robustness claim needs
-(DESIGN §4).
+and rand, or one attack under two names), the worst is reported, as a robustness claim needs.
 """
 
 import fnmatch

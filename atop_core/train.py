@@ -1,4 +1,4 @@
-"""Training: the classifier f, purifier pretraining with L_df, and AToP fine-tuning (DESIGN §3).
+"""Training: the classifier f, purifier pretraining with L_df, and AToP fine-tuning.
 
 Each stage is a `*_step` function (one batch in, a dict of losses out) driven by `fit`, which owns
 the loop, the progress bar, atomic checkpoints, resume and the per-epoch JSON log. Data order and

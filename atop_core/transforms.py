@@ -1,4 +1,4 @@
-"""The random transforms RT1, RT2, RT3 (DESIGN §3): noise and block masks destroy a perturbation.
+"""The random transforms RT1, RT2, RT3: noise and block masks destroy a perturbation.
 
 A transform turns a batch into K masked copies (K = 1, or N for RT3) plus their keep-masks; the
 purifier fills every copy, and `combine` merges the fills back into one image per sample. All

@@ -6,7 +6,7 @@ passes of EOT_PASS image-draws, per-sample masks, native 32 px), on a model in c
 authors' structure is written here only, as the reference every speed-up is measured against:
 batches of 8, one mask and noise per batch (per_sample=False), EOT as a Python loop of one
 forward and backward per draw (as torchattacks' EOTPGD does), and the transform and purifier run
-at 256x256 (work_size=256; ATOP_PAPER §1.2). Weights are random: speed does not depend on them.
+at 256x256 (work_size=256). Weights are random: speed does not depend on them.
 """
 
 import dataclasses
@@ -26,7 +26,7 @@ from atop_core.transforms import RandomTransform
 
 IMAGE_SIZE = 32  # CIFAR-10, the dataset every profile runs
 NUM_CLASSES = 10
-AUTHORS_BATCH = 8  # the batch of the authors' *-adv notebooks (ATOP_PAPER §3)
+AUTHORS_BATCH = 8  # the batch of the authors' *-adv notebooks
 AUTHORS_SIZE = 256  # their working resolution: CIFAR up-sampled 32 -> 256
 ALPHA = 2 / 255  # PGD step, AttackConfig's default
 

@@ -1,4 +1,4 @@
-"""The real local copies (shared/data), run when ATOP_DATA_DIR points at them."""
+"""The real offline copies (docs/data.md), run when ATOP_DATA_DIR points at them."""
 
 import os
 from pathlib import Path

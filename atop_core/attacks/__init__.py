@@ -1,4 +1,4 @@
-"""Attacks by name (DESIGN §4): torchattacks 3.5.1 where it has the attack, our own where not.
+"""Attacks by name: torchattacks 3.5.1 where it has the attack, our own where not.
 
 One name gives one configured attack: `run_attack(model, AttackConfig(name=...), x, y)` maps a
 model ([0,1] images -> logits) and a batch in [0,1] to adversarial images in [0,1], detached.
@@ -34,7 +34,7 @@ from atop_core.defense import DefendedModel
 from atop_core.precision import autocast
 from atop_core.registry import Registry
 
-EPS_L2 = 0.5  # DiffPure's L2 budget on CIFAR-10 (DESIGN §4; the paper's own is not known)
+EPS_L2 = 0.5  # DiffPure's L2 budget on CIFAR-10 (the paper's own is not known)
 DEFAULT_EPS = {"linf": EPS_LINF, "l2": EPS_L2, "flow": stadv.FLOW_BOUND}
 AA_EOT = 20  # AutoAttack's `rand` version: 20 EOT draws per gradient (Croce & Hein 2020)
 AA_STEPS = 100  # APGD and FAB iterations in AutoAttack (torchattacks' AutoAttack uses 10)

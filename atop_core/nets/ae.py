@@ -1,6 +1,6 @@
 """The AE-based purifier's network: a small U-Net that denoises and inpaints in one pass.
 
-The paper's AE purifier follows Wu et al. (2023), whose architecture is not given (ATOP_PAPER §7);
+The paper's AE purifier follows Wu et al. (2023), whose architecture is not given (docs/paper.md);
 this is our stand-in, trained with an ℓ1 loss. Skip connections carry the kept pixels' detail
 past the bottleneck, and residual blocks at 1/4 resolution give the receptive field that fills a
 missing 4×4 block from its neighbours at 32×32.

@@ -2,7 +2,7 @@
 
 Every model is `Classifier(normalize, net)`: `net` is a standard architecture whose state-dict
 keys are the usual ones (torchvision's ResNets; RobustBench's WideResNet), so external weights
-load under `net.` and the normalization stays ours (DESIGN §3: "Classifier normalization lives
+load under `net.` and the normalization stays ours ("classifier normalization lives
 inside the classifier module").
 """
 

@@ -90,7 +90,7 @@ class GatedGenerator(nn.Module):
     """Two-stage inpainting generator. Input: image in [-1, 1] with missing pixels at 0 and the
     (N, 1, H, W) missing mask (1 = missing); output: (coarse, refined) in [-1, 1]."""
 
-    IN_CHANNELS = 5  # image, ones, missing mask (DeepFillv2's input; ATOP_PAPER §1.2)
+    IN_CHANNELS = 5  # image, ones, missing mask (DeepFillv2's input)
 
     def __init__(self, cnum: int, bottleneck: int):
         super().__init__()

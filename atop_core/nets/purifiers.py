@@ -1,9 +1,9 @@
-"""Purifiers g(·) (DESIGN §3): one interface over the GAN- and AE-based networks.
+"""Purifiers g(·): one interface over the GAN- and AE-based networks.
 
 A purifier takes the transformed image (missing pixels zeroed) and its keep-mask, both at the
 caller's size and in [0, 1], and returns full images in [0, 1]: every stage's raw output, with no
 pasting back of known pixels, because those pixels are noisy and the authors' code classifies the
-raw stage-2 output (ATOP_PAPER §6 item 6).
+raw stage-2 output (docs/paper.md).
 
 An optional `work_size` runs the whole transform → purifier chain at a larger square size, as the
 authors' code does at 256×256: callers up-sample the image with `to_work_size` *before* the random
