@@ -199,3 +199,47 @@ def test_pgd_eot_returns_each_images_iterate_of_highest_loss():
     returned = torch.nn.functional.cross_entropy(model(adv), y).item()
     assert returned == pytest.approx(max(curve), rel=1e-4)
     assert max(curve) > curve[-1]  # the last iterate was not the best
+
+
+class DetachedFill(nn.Module):
+    """A 'purifier' whose forward is the identity and whose gradient is zero."""
+
+    def forward(self, x, keep):
+        return x.detach() + 0 * x
+
+
+def _brightness_defense(purifier):
+    from tests.test_sanity import Brightness
+
+    return DefendedModel(Brightness(), purifier, RandomTransform(TransformConfig(kind="none")))
+
+
+def _record_indicators(purifier, centre_gap):
+    from atop_core.sanity import sanity_checks
+
+    y = torch.arange(8) % 2
+    x = (0.5 - centre_gap + 2 * centre_gap * y.view(-1, 1, 1, 1)).expand(8, 3, 32, 32)
+    images = (x * 255).round().to(torch.uint8)
+    model = _brightness_defense(purifier)
+    attack = AttackConfig(name="pgd", steps=5)
+    white = evaluate(model, attack, images, y, "whole-model", "cpu", draws=1, batch_size=8)
+    checks = sanity_checks(
+        model, attack, images, y, "whole-model", white["accuracy"]["single"], "cpu",
+        draws=1, batch_size=8, square_queries=20,
+    )  # fmt: skip
+    record = {"draws": 1, "per_sample": white["per_sample"]}
+    return indicators.attack_indicators(record, model, model, attack, images / 255, y, checks)
+
+
+def test_a_gradient_masking_purifier_trips_the_gradient_transfer_and_unconstrained_indicators():
+    # images 0.01 from the decision boundary: an 8/255 attack on the bare classifier crosses it,
+    # the white-box attack through the detached purifier never moves
+    out = _record_indicators(DetachedFill(), centre_gap=0.01)
+    for name in ("unavailable_gradients", "transfer_failure", "unconstrained_failure"):
+        assert out[name]["fired"] is True and out[name]["fix"], name
+    assert indicators.marks_unreliable(out)
+
+
+def test_an_honest_defense_trips_none_of_them():
+    out = _record_indicators(None, centre_gap=0.2)  # no purifier: nothing masks the gradient
+    assert indicators.fired(out) == []
