@@ -79,6 +79,12 @@ ABLATION = (
 # Seen (the L∞ budget AT trained on) and unseen threat models (L2 0.5, StAdv 0.05: DiffPure's).
 GENERALIZATION = (("linf", "pgd", 20), ("l2", "pgd-l2", 20), ("stadv", "stadv", 20))
 STANDARD_CASE_ATTACKS = ("autoattack", "autoattack-rand")
+# C4's rows: (label, attack, whether adversarial training is the claimed winner)
+GENERALIZATION_CLAIMS = (
+    ("L∞ PGD, seen", "pgd", True),
+    ("L2 PGD, unseen", "pgd-l2", False),
+    ("StAdv, unseen", "stadv", False),
+)
 EPS_SWEEP = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
 
 
@@ -449,22 +455,35 @@ def claim_comparisons(run: Run, purifier: str = "ae") -> list[Comparison]:
     quick profile the AE, the one that purifies at that scale; the row names it). Attacks at the
     profile's steps and EOT; 512 images (the profile's fixed list), 256 for RT3 and AutoAttack.
     """
-    p, ev = run.profile, run.profile.evaluation
-    n = p.data.n_eval
-    few = min(n, MIN_IMAGES_EXPENSIVE)
-    pgd = attack(p, "pgd", "whole-model", ev.steps)
-    clean = attack(p, "clean", "whole-model")  # the tables' clean records: the same files
+    atop = {t: _stem(run, purifier, t, True) for t in ("rt1", "rt2", "rt3")}
+    name = f"{purifier.upper()} + AToP"
+    return [
+        *_atop_claims(run),
+        *_transform_claims(run, atop, name),
+        *_generalization_claims(run, atop["rt2"], name),
+        *_protocol_and_attack_claims(run, atop["rt2"], name),
+    ]
+
+
+def _pgd(run: Run) -> AttackConfig:
+    return attack(run.profile, "pgd", "whole-model", run.profile.evaluation.steps)
+
+
+def _atop_claims(run: Run) -> list[Comparison]:
+    """C1 and C2: each purifier's RT2 defense with and without AToP."""
+    n, pgd = run.profile.data.n_eval, _pgd(run)
+    clean = attack(run.profile, "clean", "whole-model")  # the tables' clean records
     out = []
-    for kind in p.purifiers:
+    for kind in run.profile.purifiers:
         atop, plain = _stem(run, kind, "rt2", True), _stem(run, kind, "rt2", False)
         name = kind.upper()
-        out.append(
+        out.append(  # the claim is about the AToP defense: its purification must hold
             Comparison(
                 "C1",
                 f"AToP raises robust accuracy ({name}, RT2)",
                 Arm(atop, pgd, n=n),
                 Arm(plain, pgd, n=n),
-                purifiers=(atop,),  # the claim is about the AToP defense
+                purifiers=(atop,),
             )
         )
         out.append(
@@ -478,96 +497,91 @@ def claim_comparisons(run: Run, purifier: str = "ae") -> list[Comparison]:
                 purifiers=(atop,),
             )
         )
-    rt = {t: _stem(run, purifier, t, True) for t in ("rt1", "rt2", "rt3")}
-    name = purifier.upper()
-    out.append(
+    return out
+
+
+def _transform_claims(run: Run, atop: dict[str, str], name: str) -> list[Comparison]:
+    """C3: RT2 against RT1, and RT3 against RT2 (on fewer images: RT3 purifies N copies)."""
+    n, pgd = run.profile.data.n_eval, _pgd(run)
+    few = min(n, MIN_IMAGES_EXPENSIVE)
+    return [
         Comparison(
             "C3",
-            f"RT2's noise adds robustness over RT1's masks ({name} + AToP)",
-            Arm(rt["rt2"], pgd, n=n),
-            Arm(rt["rt1"], pgd, n=n),
-            purifiers=(rt["rt2"], rt["rt1"]),
-        )
-    )
-    out.append(
+            f"RT2's noise adds robustness over RT1's masks ({name})",
+            Arm(atop["rt2"], pgd, n=n),
+            Arm(atop["rt1"], pgd, n=n),
+            purifiers=(atop["rt2"], atop["rt1"]),
+        ),
         Comparison(
             "C3",
-            f"RT3's N masks add robustness over RT2 ({name} + AToP)",
-            Arm(rt["rt3"], pgd, n=few),
-            Arm(rt["rt2"], pgd, n=few),
-            purifiers=(rt["rt3"],),
+            f"RT3's N masks add robustness over RT2 ({name})",
+            Arm(atop["rt3"], pgd, n=few),
+            Arm(atop["rt2"], pgd, n=few),
+            purifiers=(atop["rt3"],),
             expensive=True,
             note="RT3 purifies N copies: 256 images",
-        )
-    )
-    at = Path(run.defense("none", "none", False)).stem.replace("plain", f"at-{p.baselines[0]}")
-    for label, name_, better in (
-        ("L∞ PGD, seen", "pgd", "at"),
-        ("L2 PGD, unseen", "pgd-l2", "atop"),
-        ("StAdv, unseen", "stadv", "atop"),
-    ):
-        cfg = attack(p, name_, "whole-model", ev.steps)
-        arms = {"at": Arm(at, cfg, n=n), "atop": Arm(rt["rt2"], cfg, n=n)}
-        worse = "atop" if better == "at" else "at"
-        who = "adversarial training" if better == "at" else "AToP"
+        ),
+    ]
+
+
+def _generalization_claims(run: Run, defense: str, name: str) -> list[Comparison]:
+    """C4: the adversarially trained baseline wins on its own attack (L∞), AToP on unseen ones."""
+    p, n = run.profile, run.profile.data.n_eval
+    at = bare_defense(run).replace("plain", f"at-{p.baselines[0]}")
+    out = []
+    for label, attack_name, at_wins in GENERALIZATION_CLAIMS:
+        cfg = attack(p, attack_name, "whole-model", p.evaluation.steps)
+        arms = (Arm(at, cfg, n=n), Arm(defense, cfg, n=n))
+        who = "adversarial training" if at_wins else "AToP"
         out.append(
             Comparison(
                 "C4",
-                f"{label}: {who} is the more robust ({p.baselines[0]} AT vs {name} + AToP)",
-                arms[better],
-                arms[worse],
-                purifiers=(rt["rt2"],),
+                f"{label}: {who} is the more robust ({p.baselines[0]} AT vs {name})",
+                *(arms if at_wins else arms[::-1]),
+                purifiers=(defense,),
             )
         )
-    out.append(
+    return out
+
+
+def _protocol_and_attack_claims(run: Run, defense: str, name: str) -> list[Comparison]:
+    """C5: classifier-only PGD against the whole-model attack; C6: the full-gradient attack
+    against BPDA+EOT, the preliminary PGD+EOT and AutoAttack rand (256 images), each with the
+    margin C2 allows."""
+    p, n = run.profile, run.profile.data.n_eval
+    few, pgd, steps = min(n, MIN_IMAGES_EXPENSIVE), _pgd(run), p.evaluation.steps
+    classifier_only = attack(p, "pgd", "classifier-only", steps)
+    out = [
         Comparison(
             "C5",
-            f"the classifier-only protocol overstates robustness ({name} + AToP)",
-            Arm(rt["rt2"], attack(p, "pgd", "classifier-only", ev.steps), "classifier-only", n=n),
-            Arm(rt["rt2"], pgd, n=n),
-            purifiers=(rt["rt2"],),
+            f"the classifier-only protocol overstates robustness ({name})",
+            Arm(defense, classifier_only, "classifier-only", n=n),
+            Arm(defense, pgd, n=n),
+            purifiers=(defense,),
         )
-    )
-    bpda = attack(p, "bpda-eot", "whole-model", ev.steps)
-    prelim = preliminary_pgd_eot(p)
-    same = prelim == bpda
-    out.append(
-        Comparison(
-            "C6",
-            f"full gradients are at least as strong as BPDA+EOT ({name} + AToP)",
-            Arm(rt["rt2"], pgd, n=n),
-            Arm(rt["rt2"], bpda, n=n),
-            test="not_higher",
-            margin=CLEAN_MARGIN,
-            purifiers=(rt["rt2"],),
+    ]
+    bpda, prelim = attack(p, "bpda-eot", "whole-model", steps), preliminary_pgd_eot(p)
+    same = "the same attack as BPDA+EOT at this profile (EOT 10 capped)" if prelim == bpda else ""
+    others = (
+        ("BPDA+EOT", bpda, n, ""),
+        ("the preliminary PGD+EOT", prelim, n, same),
+        ("AutoAttack rand", configure(p, "autoattack-rand", "whole-model", steps), few,
+         "AutoAttack runs two APGDs with EOT: 256 images"),
+    )  # fmt: skip
+    for label, other, images, note in others:
+        out.append(
+            Comparison(
+                "C6",
+                f"full gradients are at least as strong as {label} ({name})",
+                Arm(defense, pgd, n=images),
+                Arm(defense, other, n=images),
+                test="not_higher",
+                margin=CLEAN_MARGIN,
+                purifiers=(defense,),
+                expensive=images < n,
+                note=note,
+            )
         )
-    )
-    out.append(
-        Comparison(
-            "C6",
-            f"full gradients are at least as strong as the preliminary PGD+EOT ({name} + AToP)",
-            Arm(rt["rt2"], pgd, n=n),
-            Arm(rt["rt2"], prelim, n=n),
-            test="not_higher",
-            margin=CLEAN_MARGIN,
-            purifiers=(rt["rt2"],),
-            note="the same attack as BPDA+EOT at this profile (EOT 10 capped)" if same else "",
-        )
-    )
-    aa = configure(p, "autoattack-rand", "whole-model", ev.steps)
-    out.append(
-        Comparison(
-            "C6",
-            f"full gradients are at least as strong as AutoAttack rand ({name} + AToP)",
-            Arm(rt["rt2"], pgd, n=few),
-            Arm(rt["rt2"], aa, n=few),
-            test="not_higher",
-            margin=CLEAN_MARGIN,
-            purifiers=(rt["rt2"],),
-            expensive=True,
-            note="AutoAttack runs two APGDs with EOT: 256 images",
-        )
-    )
     return out
 
 
