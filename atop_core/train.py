@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atop_core.config import SEED_STRIDE, ClassifierConfig, FinetuneConfig, PurifierConfig
-from atop_core.io import save_torch, write_json
+from atop_core.io import read_json, save_torch, write_json
 from atop_core.nets.classifiers import single_view
 from atop_core.nets.gan import d_hinge_loss, g_hinge_loss
 from atop_core.nets.purifiers import AePurifier, resize_to, to_work_size
@@ -130,54 +130,103 @@ def fit(
     """Run `step_fn` over shuffled uint8 `images` until `epochs` are done, resuming from
     `ckpt_path` when it holds an unfinished run; returns the state with its per-epoch log.
     Steps run under bf16 autocast where `ATOP_AMP` turns it on (`precision.py`; parameters and
-    optimiser states stay float32); each epoch's log entry names its precision."""
+    optimiser states stay float32); each epoch's log entry names its precision. The checkpoint
+    holds only what the run computed, so the same configuration gives the same bytes; each
+    epoch's wall time goes to the human-readable log beside it."""
     ckpt_path = Path(ckpt_path)
     if ckpt_path.exists():
         state.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False))
-    last_save = time.monotonic()
     amp = amp_enabled(device)  # once per run: every step and log entry agree
+    saver = _PeriodicSave(ckpt_path, state, save_every_s)
     while state.epoch < epochs:
-        start, sums, count = time.monotonic(), {}, 0
-        batches = epoch_batches(len(images), batch_size, seed, state.epoch)
-        bar = progress(
-            batches,
-            desc=f"{name} epoch {state.epoch + 1}/{epochs}",
-            initial=state.step,
-            total=len(batches),
-            leave=False,
+        start = time.monotonic()
+        means = _run_epoch(
+            f"{name} epoch {state.epoch + 1}/{epochs}",
+            state,
+            step_fn,
+            images,
+            labels,
+            batch_size,
+            seed,
+            device,
+            amp,
+            saver,
         )
-        for idx in batches[state.step :]:
-            x = images[idx].to(device, non_blocking=True).float().div_(255)
-            with autocast(device, amp):
-                metrics = step_fn(
-                    x, labels[idx].to(device), _generator(seed, state.epoch, state.step)
-                )
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count, state.step = count + 1, state.step + 1
-            bar.update()
-            bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()})
-            if time.monotonic() - last_save > save_every_s:
-                save_torch(ckpt_path, state.state_dict())
-                last_save = time.monotonic()
-        bar.close()
-        record = {
-            "epoch": state.epoch + 1,
-            **{k: v / max(count, 1) for k, v in sums.items()},
-            "train_s": round(time.monotonic() - start, 1),
-            "precision": BF16 if amp else FLOAT32,
-        }
-        record.update(eval_fn() if eval_fn else {})
-        state.log.append(record)
+        entry = {"epoch": state.epoch + 1, **means, "precision": BF16 if amp else FLOAT32}
+        state.log.append({**entry, **(eval_fn() if eval_fn else {})})
         state.epoch, state.step = state.epoch + 1, 0
-        digest = save_torch(ckpt_path, state.state_dict())
-        write_json(ckpt_path.with_suffix(".log.json"), state.log)
-        write_json(
-            ckpt_path.with_suffix(".json"),
-            {"stage": name, "epochs_done": state.epoch, "sha256": digest, "file": ckpt_path.name},
-        )
-        last_save = time.monotonic()
+        _end_epoch(name, state, ckpt_path, round(time.monotonic() - start, 1))
+        saver.saved()
     return state
+
+
+class _PeriodicSave:
+    """Saves a stage's state mid-epoch when `every_s` seconds have passed since the last save."""
+
+    def __init__(self, path: Path, state: TrainState, every_s: float):
+        self.path, self.state, self.every_s = path, state, every_s
+        self.saved()
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+    def maybe(self) -> None:
+        if time.monotonic() - self.last > self.every_s:
+            save_torch(self.path, self.state.state_dict())
+            self.saved()
+
+
+def _run_epoch(
+    desc: str,
+    state: TrainState,
+    step_fn: StepFn,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    amp: bool,
+    saver: _PeriodicSave,
+) -> dict[str, float]:
+    """The rest of the current epoch, from batch `state.step`; returns the metrics' means."""
+    batches = epoch_batches(len(images), batch_size, seed, state.epoch)
+    bar = progress(batches, desc=desc, initial=state.step, total=len(batches), leave=False)
+    sums, count = {}, 0
+    for idx in batches[state.step :]:
+        x = images[idx].to(device, non_blocking=True).float().div_(255)
+        with autocast(device, amp):
+            metrics = step_fn(x, labels[idx].to(device), _generator(seed, state.epoch, state.step))
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count, state.step = count + 1, state.step + 1
+        bar.update()
+        bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()})
+        saver.maybe()
+    bar.close()
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _end_epoch(name: str, state: TrainState, ckpt_path: Path, train_s: float) -> None:
+    """Checkpoint, then the status file (epochs done, the checkpoint's hash, each epoch's wall
+    time) and the log with those times, all written atomically."""
+    status_path = ckpt_path.with_suffix(".json")
+    times = read_json(status_path).get("train_s", []) if status_path.exists() else []
+    times = (times + [None] * state.epoch)[: state.epoch - 1] + [train_s]
+    digest = save_torch(ckpt_path, state.state_dict())
+    write_json(
+        ckpt_path.with_suffix(".log.json"),
+        [{**entry, "train_s": t} for entry, t in zip(state.log, times, strict=True)],
+    )
+    write_json(
+        status_path,
+        {
+            "stage": name,
+            "epochs_done": state.epoch,
+            "sha256": digest,
+            "file": ckpt_path.name,
+            "train_s": times,
+        },
+    )
 
 
 # --- the classifier -----------------------------------------------------------------------------

@@ -156,3 +156,33 @@ def test_building_a_stages_networks_leaves_the_global_generator_alone(tiny_profi
     torch.manual_seed(7)
     pipeline._purifier_models(tiny_profile, "gan", data, torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected)
+
+
+def _chain_checkpoints(profile, home: Path, monkeypatch, clock_rate: float) -> dict[str, bytes]:
+    """Every checkpoint a smoke chain (AE, RT1) writes into `home`, under a clock that runs at
+    `clock_rate`: a stage's wall time must not reach its checkpoint."""
+    from atop_core import train
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(train.time, "monotonic", lambda: clock_rate * next(ticks))
+    monkeypatch.setenv("ATOP_HOME", str(home))
+    pipeline.train_chain(profile, "cifar10", torch.device("cpu"))
+    folder = home / "checkpoints" / "smoke" / "cifar10"
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.pt"))}
+
+
+@pytest.mark.slow
+def test_the_same_stage_run_twice_gives_byte_identical_checkpoints(
+    tiny_profile, tmp_path, monkeypatch
+):
+    profile = with_fields(tiny_profile, purifiers=("ae",), transforms=("rt1",), baselines=())
+    first = _chain_checkpoints(profile, tmp_path / "a", monkeypatch, clock_rate=1.0)
+    again = _chain_checkpoints(profile, tmp_path / "b", monkeypatch, clock_rate=7.0)
+    assert len(first) == 6 and first == again  # classifier, pretraining, AToP, 3 defenses
+    reseeded = with_fields(profile, purifier=with_fields(profile.purifier, seed=5))
+    other = _chain_checkpoints(reseeded, tmp_path / "c", monkeypatch, clock_rate=1.0)
+    changed = {name for name in first if first[name] != other.get(name)}
+    assert any(name.startswith("classifier-") for name in first) and not any(
+        name.startswith("classifier-") for name in changed
+    )
+    assert {n.split("-")[0] for n in changed} >= {"purifier", "defense"}
