@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from atop_core.attacks import AttackConfig
+from atop_core.attacks.eot import eot_loss, pgd_ascent
 from atop_core.config import SEED_STRIDE, ClassifierConfig, FinetuneConfig, PurifierConfig
 from atop_core.io import read_json, save_torch, write_json
 from atop_core.nets.classifiers import single_view
@@ -272,12 +274,15 @@ def adversarial_training_examples(
     model: nn.Module, x: Tensor, y: Tensor, cfg: ClassifierConfig, g: torch.Generator
 ) -> Tensor:
     """The adversarial-training baseline's inputs: FGSM with a random start and step 1.25·ε (Wong
-    et al. 2020) or PGD-k (Madry et al. 2018), crafted on the single view that training fits
-    (flip averaging, an evaluation-time choice, would double their cost)."""
+    et al. 2020) or PGD-k with step 2.5·ε/k (Madry et al. 2018), crafted on the single view that
+    training fits (flip averaging, an evaluation-time choice, would double their cost)."""
     model.eval()
-    steps, alpha = (1, 1.25 * cfg.adv_eps) if cfg.adv == "fgsm-rs" else (cfg.adv_steps, None)
+    eps = cfg.adv_eps
+    steps, alpha = (
+        (1, 1.25 * eps) if cfg.adv == "fgsm-rs" else (cfg.adv_steps, 2.5 * eps / cfg.adv_steps)
+    )
     with single_view(model):
-        return pgd(model, x, y, cfg.adv_eps, steps=steps, g=g, alpha=alpha)
+        return linf_attack(model, x, y, eps, steps, alpha, g, start=True)
 
 
 @torch.no_grad()
@@ -402,39 +407,28 @@ def finetune_step(
 
 def finetune_inputs(cfg: FinetuneConfig, model: nn.Module) -> CraftFn:
     """The images x' AToP fine-tunes on, crafted against `model` (the bare classifier in the
-    authors' code): FGSM, PGD-k (its random start from the step's generator), or with attack
-    "none" the clean images themselves."""
+    authors' code): FGSM (the paper's), PGD-k with a random start from the step's generator and
+    step 2.5·ε/k, or with attack "none" the clean images themselves."""
     if cfg.attack == "fgsm":
-        return lambda x, y, g: fgsm(model, x, y, cfg.eps)
+        return lambda x, y, g: linf_attack(model, x, y, cfg.eps, steps=1, alpha=cfg.eps, g=g)
     if cfg.attack == "pgd":
-        return lambda x, y, g: pgd(model, x, y, cfg.eps, cfg.steps, g)
+        alpha = 2.5 * cfg.eps / cfg.steps
+        return lambda x, y, g: linf_attack(model, x, y, cfg.eps, cfg.steps, alpha, g, start=True)
     return lambda x, y, g: x
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
-    """One signed-gradient step of size ε on `model` (Goodfellow et al. 2015); the paper's
-    fine-tuning attack, computed on the bare classifier in the authors' code."""
-    x = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
-    return (x + eps * grad.sign()).clamp(0, 1).detach()
-
-
-def pgd(
+def linf_attack(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     eps: float,
     steps: int,
-    g: torch.Generator | None = None,
-    alpha: float | None = None,
+    alpha: float,
+    g: torch.Generator,
+    start: bool = False,
 ) -> Tensor:
-    """PGD-k in L∞ with a random start, step 2.5·ε/k by default (Madry et al. 2018). Written here
-    rather than taken from torchattacks, which draws its random start from the global generator."""
-    alpha = 2.5 * eps / steps if alpha is None else alpha
-    delta = (torch.rand(x.shape, generator=g).to(x.device) * 2 - 1) * eps
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
-    return (x + delta).clamp(0, 1).detach()
+    """The attack module's L∞ projected gradient ascent on the cross-entropy (one draw per step),
+    its last iterate: FGSM (Goodfellow et al. 2015) is one step of ε from x, FGSM-RS and PGD-k
+    (Wong et al. 2020; Madry et al. 2018) start at a random point of the ball drawn from `g`."""
+    cfg = AttackConfig("pgd", eps=eps, steps=steps, alpha=alpha, eot=1)
+    return pgd_ascent(eot_loss, model, x, y, cfg, g, random_start=start)

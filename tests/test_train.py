@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from atop_core.attacks import AttackConfig, run_attack
 from atop_core.config import ClassifierConfig, FinetuneConfig, PurifierConfig, TransformConfig
 from atop_core.defense import freeze
 from atop_core.nets.classifiers import build_classifier
@@ -15,11 +16,10 @@ from atop_core.train import (
     classifier_state,
     classifier_step,
     epoch_batches,
-    fgsm,
     finetune_inputs,
     finetune_step,
     fit,
-    pgd,
+    linf_attack,
     pretrain_step,
     purifier_state,
 )
@@ -64,9 +64,10 @@ def test_training_attacks_stay_in_the_eps_ball_and_pixel_range(attack):
     x = x.float() / 255
     eps = 8 / 255
     if attack == "fgsm":
-        adv = fgsm(model, x, y, eps)
+        adv = linf_attack(model, x, y, eps, steps=1, alpha=eps, g=torch.Generator())
     elif attack == "pgd":
-        adv = pgd(model, x, y, eps, steps=3, g=torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)
+        adv = linf_attack(model, x, y, eps, steps=3, alpha=eps / 4, g=g, start=True)
     else:
         cfg = ClassifierConfig(adv="fgsm-rs")
         adv = adversarial_training_examples(model, x, y, cfg, torch.Generator().manual_seed(0))
@@ -82,7 +83,8 @@ def test_adversarial_training_crafts_on_the_single_view_it_trains():
     model.flip_average = True
     crafted = adversarial_training_examples(model, x, y, cfg, torch.Generator().manual_seed(0))
     assert torch.equal(crafted, single) and model.flip_average
-    averaged = pgd(model.eval(), x, y, cfg.adv_eps, steps=2, g=torch.Generator().manual_seed(0))
+    g, eps = torch.Generator().manual_seed(0), cfg.adv_eps
+    averaged = linf_attack(model.eval(), x, y, eps, 2, 1.25 * eps, g, start=True)
     assert not torch.equal(averaged, single)  # the averaged view would give other examples
 
 
@@ -102,9 +104,7 @@ def _finetune_setup(kind="gan", work_size=0):
     state = purifier_state(purifier, disc, lr=1e-3, betas=(0.5, 0.999))
     transform = RandomTransform(TransformConfig(kind="rt2"), seed=0)
     cfg = FinetuneConfig(lam=1.0)
-    step = finetune_step(
-        state, transform, classifier, cfg, 1.0, lambda x, y, g: fgsm(classifier, x, y, cfg.eps)
-    )
+    step = finetune_step(state, transform, classifier, cfg, 1.0, finetune_inputs(cfg, classifier))
     return classifier, purifier, step
 
 
@@ -220,7 +220,9 @@ def test_finetune_inputs_are_the_configured_attack_or_the_clean_images():
     g = torch.Generator().manual_seed(0)
     assert torch.equal(finetune_inputs(FinetuneConfig(attack="none"), model)(x, y, g), x)
     fgsm_cfg = FinetuneConfig()
-    assert torch.equal(finetune_inputs(fgsm_cfg, model)(x, y, g), fgsm(model, x, y, fgsm_cfg.eps))
+    # FGSM: the evaluation's (torchattacks') FGSM on the same classifier, to the bit
+    evaluation_fgsm = run_attack(model, AttackConfig("fgsm", eps=fgsm_cfg.eps), x, y)
+    assert torch.equal(finetune_inputs(fgsm_cfg, model)(x, y, g), evaluation_fgsm)
     pgd_inputs = finetune_inputs(FinetuneConfig(attack="pgd", steps=3), model)
     adv = pgd_inputs(x, y, torch.Generator().manual_seed(1))
     assert 0 < (adv - x).abs().max() <= 8 / 255 + 1e-6

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atop_core.attacks.cw import margin, project_l2
-from atop_core.attacks.trace import attack_trace, observe
+from atop_core.attacks.trace import AttackTrace, attack_trace, observe
 from atop_core.defense import DefendedModel
 
 if TYPE_CHECKING:
@@ -97,37 +97,96 @@ def eot_score(
 Step = Callable[[Tensor, Tensor], Tensor]  # (adversarial images, gradient) -> next images
 
 
-def _linf_ball(x: Tensor, cfg: "AttackConfig", g: torch.Generator) -> tuple[Tensor, Step]:
-    """A uniform start in the L∞ ball (and the image range) and the signed step back into it;
-    the ball's bounds are computed once per attack, not per step."""
+def _linf_ball(
+    x: Tensor, cfg: "AttackConfig", g: torch.Generator, random_start: bool = True
+) -> tuple[Tensor, Step]:
+    """A uniform start in the L∞ ball (and the image range), or x itself, and the signed step
+    back into it; the ball's bounds are computed once per attack, not per step."""
     low, high = (x - cfg.eps).clamp(min=0), (x + cfg.eps).clamp(max=1)
-    noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1
 
     def step(adv: Tensor, grad: Tensor) -> Tensor:
         return (adv + cfg.alpha * grad.sign()).clamp(low, high)
 
+    if not random_start:
+        return x.clone(), step
+    noise = _uniform(x.shape, g, x) * 2 - 1
     return (x + noise * cfg.eps).clamp(low, high), step
+
+
+def _uniform(shape: torch.Size, g: torch.Generator, like: Tensor) -> Tensor:
+    """U[0, 1) drawn on the generator's device (a training step's is on the CPU), moved to x's."""
+    return torch.rand(shape, generator=g, device=g.device, dtype=like.dtype).to(like.device)
 
 
 def _l2_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))
 
 
-def _l2_ball(x: Tensor, cfg: "AttackConfig", g: torch.Generator) -> tuple[Tensor, Step]:
-    """torchattacks' PGDL2 start (a random direction at a uniform radius inside the ball) and
-    step (the gradient scaled to length alpha, then back onto the ball and the image range)."""
-    direction = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-    radius = torch.rand(len(x), generator=g, device=x.device, dtype=x.dtype) * cfg.eps
-    start = direction / (_l2_norm(direction) + 1e-10) * radius.view(-1, *[1] * (x.dim() - 1))
+def _l2_ball(
+    x: Tensor, cfg: "AttackConfig", g: torch.Generator, random_start: bool = True
+) -> tuple[Tensor, Step]:
+    """torchattacks' PGDL2 start (a random direction at a uniform radius inside the ball), or x
+    itself, and step (the gradient scaled to length alpha, then back onto the ball and the image
+    range)."""
 
     def step(adv: Tensor, grad: Tensor) -> Tensor:
         moved = adv + cfg.alpha * grad / (_l2_norm(grad) + 1e-10)
         return project_l2(x, moved, cfg.eps).clamp(0, 1)
 
+    if not random_start:
+        return x.clone(), step
+    direction = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype).to(x.device)
+    radius = _uniform((len(x),), g, x) * cfg.eps
+    start = direction / (_l2_norm(direction) + 1e-10) * radius.view(-1, *[1] * (x.dim() - 1))
     return (x + start).clamp(0, 1), step
 
 
 PGD_BALLS = {"linf": _linf_ball, "l2": _l2_ball}
+
+
+def pgd_ascent(
+    loss: Loss,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: "AttackConfig",
+    g: torch.Generator,
+    *,
+    random_start: bool = True,
+    pass_size: int | None = EOT_PASS,
+    after_gradient: Callable[[Tensor], None] | None = None,
+) -> Tensor:
+    """The last of `cfg.steps` PGD iterates in the attack's norm ball (L∞: signed steps; L2:
+    torchattacks' PGDL2 steps) ascending `loss`, from a random start drawn from `g` (or from x);
+    the EOT gradient in passes of `pass_size` image-draws (`eot_grad`). `after_gradient` sees
+    each iterate once its gradient's passes have run. With one step from x it is FGSM."""
+    adv, step = PGD_BALLS[cfg.norm](x, cfg, g, random_start)
+    for _ in range(cfg.steps):
+        grad = eot_grad(loss, model, adv, y, cfg.eot, pass_size)
+        if after_gradient is not None:
+            after_gradient(adv)
+        adv = step(adv, grad)
+    return adv.detach()
+
+
+class _BestIterate:
+    """Per image, the iterate of highest loss among those the mean logits of its EOT draws
+    misclassify, or of all if none is; read from the trace after each iterate's passes."""
+
+    def __init__(self, x: Tensor, trace: AttackTrace):
+        self.trace = trace
+        self.images = x.clone()
+        self.loss = torch.full((len(x),), -torch.inf, device=x.device)
+        self.fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        trace.step()
+
+    def consider(self, adv: Tensor) -> None:
+        point_loss, fooled = (t.to(adv.device) for t in self.trace.current())
+        # a misclassified iterate beats a right one; among equals, the higher loss wins
+        better = (fooled & ~self.fooled) | ((fooled == self.fooled) & (point_loss > self.loss))
+        self.images[better], self.loss[better] = adv[better], point_loss[better]
+        self.fooled[better] = fooled[better]
+        self.trace.step()
 
 
 def projected_gradient(
@@ -138,33 +197,21 @@ def projected_gradient(
     cfg: "AttackConfig",
     pass_size: int | None = EOT_PASS,
 ) -> Tensor:
-    """PGD in the attack's norm ball (L∞: signed steps; L2: torchattacks' PGDL2 steps) ascending
-    `loss` from a random start drawn from the attack's own seed; the EOT gradient in passes of
-    `pass_size` image-draws (`eot_grad`). Returns, per image, the iterate of highest loss among
-    those the mean logits of its EOT draws misclassify, or of all if none is (the last iterate
-    is scored too): the last alone, or the highest cross-entropy alone, can lose a point the
-    attack had found (silent success, `indicators.py`). Ours because torchattacks' PGD and PGDL2
-    see one draw per step, or with EOT the mean logits, in one pass of batch × draws."""
+    """PGD (`pgd_ascent`) from a random start drawn from the attack's own seed, returning per
+    image the best iterate (`_BestIterate`; the last iterate is scored too): the last alone, or
+    the highest cross-entropy alone, can lose a point the attack had found (silent success,
+    `indicators.py`). Ours because torchattacks' PGD and PGDL2 see one draw per step, or with
+    EOT the mean logits, in one pass of batch × draws."""
     g = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    adv, step = PGD_BALLS[cfg.norm](x, cfg, g)
-    best, best_loss = adv.clone(), torch.full((len(x),), -torch.inf, device=x.device)
-    best_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     with attack_trace() as trace:
-        for k in range(cfg.steps + 1):
-            trace.step()
-            if k < cfg.steps:
-                grad = eot_grad(loss, model, adv, y, cfg.eot, pass_size)
-            else:  # score the last iterate: forward passes only
-                eot_score(loss, model, adv, y, cfg.eot, pass_size)
-            point_loss, fooled = (t.to(x.device) for t in trace.current())
-            # a misclassified iterate beats a right one; among equals, the higher loss wins
-            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (point_loss > best_loss))
-            best[better], best_loss[better] = adv[better], point_loss[better]
-            best_fooled[better] = fooled[better]
-            if k < cfg.steps:
-                adv = step(adv, grad)
-        trace.returned(best_fooled)
-    return best.detach()
+        best = _BestIterate(x, trace)
+        last = pgd_ascent(
+            loss, model, x, y, cfg, g, pass_size=pass_size, after_gradient=best.consider
+        )
+        eot_score(loss, model, last, y, cfg.eot, pass_size)  # forward passes only
+        best.consider(last)
+        trace.returned(best.fooled)
+    return best.images.detach()
 
 
 def pgd_eot(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
