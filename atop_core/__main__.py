@@ -25,13 +25,13 @@ from atop_core.config import (
     settings,
 )
 from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, eval_subset, load_dataset
-from atop_core.evaluate import PROTOCOLS, RANDOMNESS
+from atop_core.evaluation import evaluate_defense, parse_shard
+from atop_core.harness import PROTOCOLS, RANDOMNESS
 from atop_core.indicators import fired
 from atop_core.io import write_json
 from atop_core.pipeline import train_chain
 from atop_core.precision import AMP_CHOICES
-from atop_core.records import evaluate_defense, parse_shard
-from atop_core.results import merge_all
+from atop_core.records import merge_all
 
 log = logging.getLogger("atop_core")
 

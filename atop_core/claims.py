@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from atop_core.attacks import AttackConfig
-from atop_core.results import sample_outcomes, wilson_interval
+from atop_core.records import sample_outcomes, wilson_interval
 
 ALPHA = 0.05
 MIN_IMAGES, MIN_IMAGES_EXPENSIVE = 512, 256  # the claims' image counts at quick and above

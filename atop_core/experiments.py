@@ -37,6 +37,7 @@ from atop_core.config import (
 )
 from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, load_dataset
 from atop_core.defense import DefendedModel, save_transform_variant
+from atop_core.evaluation import evaluate_defense
 from atop_core.indicators import INDICATORS, mean_loss_curve
 from atop_core.io import write_bytes_atomic
 from atop_core.jupyter import show_figures_inline
@@ -51,9 +52,8 @@ from atop_core.pipeline import (
     train_chain,
 )
 from atop_core.plots import save_figure
-from atop_core.records import evaluate_defense
+from atop_core.records import load_records, worst_case
 from atop_core.report import claims_blocks, markdown_table, update_readme
-from atop_core.results import load_records, worst_case
 from atop_core.tables import build_table, load_reference, records_frame, wide_tables
 from atop_core.train import accuracy
 from atop_core.transforms import RandomTransform

@@ -30,7 +30,7 @@ from atop_core.config import (
     settings,
 )
 from atop_core.defense import DefendedModel, load_defense
-from atop_core.evaluate import attack_target
+from atop_core.harness import attack_target
 from atop_core.nets.purifiers import resize_to
 from atop_core.pipeline import DataBundle, load_bundle, train_chain
 from atop_core.plots import figure2_random_transforms

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from atop_core.attacks import AttackConfig, bpda_loss, eot_loss
 from atop_core.attacks.trace import untraced
 from atop_core.defense import DefendedModel
-from atop_core.evaluate import batch_seed, frozen
+from atop_core.harness import batch_seed, frozen
 
 SILENT_SUCCESS_RATE = 0.02  # fires above 2% of the traced images
 RISE_TOLERANCE = 0.02  # fires when the last fifth of the steps raised the mean loss by > 2%

@@ -1,246 +1,253 @@
-"""Evaluating a saved defense into a record file: what `python -m atop_core evaluate` runs.
+"""Evaluation records in and out: one JSON file per (defense, attack, protocol[, shard]).
 
-Loads the defense and the profile's fixed evaluation images, resumes the record at its path if a
-killed run left one (refusing a record of any other run), attacks the remaining batches (or one
-shard of them), runs the sanity checks and the attack-failure indicators (`indicators.py`) and
-marks the record complete. A record keeps the attack's loss trace per batch.
+A record carries its whole protocol and per-sample outcomes, and is
+rewritten atomically after every batch with `complete: false` until its run ends, so a killed
+evaluation resumes where it stopped. A file is resumed only by the very same run: a record of
+another protocol, attack, defense, index list or batch size is refused, never mixed in.
 """
 
-import dataclasses
-import time
+import glob
+import math
+import platform
+import re
 from pathlib import Path
 
 import torch
+import torchattacks
 
-from atop_core.attacks import ATTACKS, AttackConfig
-from atop_core.config import SEED_STRIDE, Profile, settings
-from atop_core.data import eval_subset, indices_sha256, load_dataset, shrink
-from atop_core.defense import load_defense
-from atop_core.evaluate import attack_target, check_protocol, check_randomness, evaluate
-from atop_core.indicators import attack_indicators, marks_unreliable
-from atop_core.io import write_json
-from atop_core.precision import BF16, amp_enabled
-from atop_core.results import (
-    SCHEMA,
-    describe_defense,
-    environment,
-    record_path,
-    resume_or_start,
-    save_progress,
-)
-from atop_core.sanity import network_digest, sanity_checks, unreliable
+from atop_core.io import read_json, sha256_file, write_json
+from atop_core.provenance import code_version
+
+SCHEMA = 1
+# Fields that define a run: a file on disk is resumed (or merged) only if all of them agree.
+RUN_KEYS = ("schema", "dataset", "split", "profile", "protocol", "indices", "defense", "attack")
+RUN_KEYS += ("draws", "batch_size", "seeding", "precision", "randomness")
+SHARD_RE = re.compile(r"__shard-(\d+)-of-(\d+)\.json$")
+Z_95 = 1.959964  # two-sided 95% normal quantile
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'i/k' -> (i, k), shard i of k (0-based), refused clearly when malformed."""
-    if text is None:
-        return None
-    try:
-        i, k = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/k (e.g. 0/4), got {text!r}") from None
-    if not 0 <= i < k:
-        raise ValueError(f"--shard {text!r}: need 0 <= i < k (shards are numbered from 0)")
-    return i, k
+class RecordMismatchError(ValueError):
+    """A record file on disk belongs to another run than the one asked for."""
 
 
-def shard_batches(n: int, batch_size: int, shard: tuple[int, int] | None) -> range:
-    """The global batch positions of one shard: contiguous, whole batches, as even as can be."""
-    total = -(-n // batch_size)
-    if shard is None:
-        return range(total)
-    i, k = shard
-    return range(i * total // k, (i + 1) * total // k)
+def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (sound near 0 and 1, unlike the normal)."""
+    if n == 0:
+        return 0.0, 1.0
+    if k == n:  # the closed form, exactly: avoids 0.9999999999999999
+        return n / (n + z * z), 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
-# Clean accuracy is the same under both protocols (nothing is attacked, and the defense draws the
-# same seeded randomness): it is computed once, under this one, and copied for the other.
-CLEAN_PROTOCOL = "whole-model"
-
-
-def _clean_copy(
-    path: str | Path,
-    profile: Profile,
-    attack: AttackConfig,
-    protocol: str,
-    device: torch.device,
-    n: int | None,
-    draws: int | None,
-    shard: tuple[int, int] | None,
-    seed: int,
-    randomness: str,
-) -> tuple[dict, Path]:
-    """The clean record under `protocol`: the CLEAN_PROTOCOL record, relabelled, naming its source
-    (`same_as`) and costing no time of its own."""
-    source, source_path = evaluate_defense(
-        path,
-        profile,
-        attack,
-        protocol=CLEAN_PROTOCOL,
-        device=device,
-        n=n,
-        draws=draws,
-        shard=shard,
-        seed=seed,
-        randomness=randomness,
-    )
-    record = {**source, "protocol": protocol, "same_as": source_path.name, "wall_s": 0.0}
-    out = record_path(
-        settings().results_dir,
-        profile.name,
-        source["dataset"],
-        source["defense"]["name"],
-        attack.tag(),
-        protocol,
-        shard,
-        _named_n(profile, n),
-        randomness,
-    )
-    write_json(out, record)
-    return record, out
-
-
-def _named_n(profile: Profile, n: int | None) -> int | None:
-    """The image count a record path names: none for the profile's own `n_eval`."""
-    return None if n in (None, profile.data.n_eval) else n
-
-
-def evaluate_defense(
-    path: str | Path,
-    profile: Profile,
-    attack: AttackConfig,
-    *,
-    protocol: str,
-    device: torch.device,
-    n: int | None = None,
-    draws: int | None = None,
-    shard: tuple[int, int] | None = None,
-    seed: int = 0,
-    sanity: bool = True,
-    randomness: str = "fresh",
-) -> tuple[dict, Path]:
-    """Attack one saved defense on the profile's fixed evaluation subset; write (resumably) and
-    return the record and its path. `randomness` "frozen" gives each image one fixed draw of
-    the transform, shared by the attack and the judge (`evaluate.py`)."""
-    check_protocol(protocol)
-    check_randomness(randomness)
-    if attack.name == "clean" and protocol != CLEAN_PROTOCOL:
-        return _clean_copy(
-            path, profile, attack, protocol, device, n, draws, shard, seed, randomness
-        )
-    ev = profile.evaluation
-    draws = draws or ev.draws
-    # Not channels_last, though bench measured it 1.1x faster: torchattacks' L2 attacks flatten
-    # input gradients with .view, which fails on the channels_last gradients it would produce.
-    defense = load_defense(path, device, seed=seed)
-    meta = defense.meta
-    test = shrink(load_dataset(meta["dataset"], "test"), meta["image_size"])  # as trained
-    sub, idx = eval_subset(meta["dataset"], test, n or profile.data.n_eval, profile.data.eval_seed)
-    target = defense if meta["purifier"] is not None else defense.classifier
-    if attack.num_classes not in (None, meta["num_classes"]):  # AutoAttack's targeted runs
-        attack = dataclasses.replace(attack, num_classes=meta["num_classes"])
-    batches = shard_batches(len(idx), ev.batch_size, shard)
-    lo, hi = batches.start * ev.batch_size, min(len(idx), batches.stop * ev.batch_size)
-    header = {
-        "schema": SCHEMA,
-        "dataset": meta["dataset"],
-        "split": "test",
-        "profile": profile.name,
-        "protocol": protocol,
-        "indices": {
-            "n": len(idx),
-            "seed": profile.data.eval_seed,
-            "sha256": indices_sha256(idx),
-            "shard": list(shard) if shard else None,
-        },
-        "defense": describe_defense(path, meta, seed),
-        "attack": attack.describe(),
-        "draws": draws,
-        "batch_size": ev.batch_size,
-        "seeding": f"batch b: defense seed * {SEED_STRIDE} + b, attack seed * {SEED_STRIDE} + b",
+def sample_outcomes(per_sample: dict, draws: int) -> dict[str, list[bool]]:
+    """Per-sample success under each reading of a stochastic defense: the first draw alone,
+    the majority vote over `draws`, and the worst of them (every draw right)."""
+    return {
+        "single": [bool(v) for v in per_sample["first_draw"]],
+        "vote": [c > draws / 2 for c in per_sample["correct_draws"]],
+        "worst": [c == draws for c in per_sample["correct_draws"]],
     }
-    if amp_enabled(device) and not ATTACKS[attack.name].float32:
-        header["precision"] = BF16  # absent: float32, as in every record before this field
-    if randomness != "fresh":
-        header["randomness"] = randomness  # absent: fresh draws, as in every earlier record
-    out = record_path(
-        settings().results_dir,
-        profile.name,
-        meta["dataset"],
-        header["defense"]["name"],
-        attack.tag(),
-        protocol,
-        shard,
-        _named_n(profile, n),
-        randomness,
-    )
-    record = resume_or_start(out, header)
-    if record.get("complete"):
-        return record, out
-    start = time.perf_counter() - record.get("wall_s", 0.0)
-    done = -(-len(record["per_sample"]["index"]) // ev.batch_size)  # batches are saved whole
 
-    def keep(first: int, correct: torch.Tensor, trace: dict | None) -> None:
-        nonlocal record
-        positions = range(lo + first, lo + first + correct.shape[1])
-        record["wall_s"] = round(time.perf_counter() - start, 1)
-        record = save_progress(out, record, correct, [idx[p] for p in positions], trace)
 
-    evaluate(
-        target,
-        attack,
-        sub.images[lo:hi],
-        sub.labels[lo:hi],
-        protocol,
-        device,
-        draws,
-        ev.batch_size,
-        first_batch=batches.start,
-        skip_batches=done,
-        defense_seed=seed,
-        randomness=randomness,
-        on_batch=keep,
+def summarize_outcomes(per_sample: dict, draws: int) -> dict:
+    """`n`, `accuracy` and Wilson `interval` (single, vote, worst) from per-sample outcomes."""
+    outcomes = sample_outcomes(per_sample, draws)
+    n = len(per_sample["first_draw"])
+    return {
+        "n": n,
+        "accuracy": {k: (sum(v) / n if n else 0.0) for k, v in outcomes.items()},
+        "interval": {k: list(wilson_interval(sum(v), n)) for k, v in outcomes.items()},
+    }
+
+
+def worst_case(records: list[dict]) -> dict:
+    """Accuracy against a suite of attacks on one defense, done right for a stochastic model: a
+    sample counts only if it survives every attack (each judged after optimisation, by each
+    reading). All records must cover the same images in the same order."""
+    first = records[0]["per_sample"]["index"]
+    for r in records:
+        if r["per_sample"]["index"] != first:
+            raise ValueError(f"record {r['attack']['name']!r} covers other images than the first")
+    per_attack = [sample_outcomes(r["per_sample"], r["draws"]) for r in records]
+    n, result = len(first), {"n": len(first), "attacks": [r["attack"]["name"] for r in records]}
+    robust = {k: [all(o[k][i] for o in per_attack) for i in range(n)] for k in per_attack[0]}
+    result["accuracy"] = {k: sum(v) / n for k, v in robust.items()}
+    result["interval"] = {k: list(wilson_interval(sum(v), n)) for k, v in robust.items()}
+    result["unreliable"] = any(r.get("unreliable") for r in records)
+    return result
+
+
+def environment(device: torch.device) -> dict:
+    return {
+        "torch": torch.__version__,
+        "torchattacks": torchattacks.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "atop_core": code_version(),
+    }
+
+
+def describe_defense(path: str | Path, meta: dict, seed: int) -> dict:
+    """The defense part of a record, from a defense file and its saved metadata."""
+    path = Path(path)
+    purifier = meta.get("purifier") or {}
+    classifier = meta.get("classifier") or {}
+    return {
+        "name": path.stem,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "classifier": meta["classifier_arch"],
+        "purifier": purifier.get("kind", "none"),
+        "transform": meta["transform"],
+        "atop": bool(meta["atop"]),
+        "adversarial_training": classifier.get("adv", "none"),
+        "seed": seed,
+    }
+
+
+def record_path(
+    results_dir: Path,
+    profile: str,
+    dataset: str,
+    defense_name: str,
+    attack_tag: str,
+    protocol: str,
+    shard: tuple[int, int] | None = None,
+    n: int | None = None,
+    randomness: str = "fresh",
+) -> Path:
+    """`<results>/<profile>/<dataset>/<defense>__<attack>__<protocol>[__frozen][__n<n>]
+    [__shard-i-of-k].json`; `n` names an image count other than the profile's `n_eval`, so runs
+    at two sizes never meet in one file, and frozen randomness its own runs."""
+    suffix = "__frozen" if randomness == "frozen" else ""
+    suffix += f"__n{n}" if n is not None else ""
+    suffix += f"__shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    return (
+        results_dir / profile / dataset / f"{defense_name}__{attack_tag}__{protocol}{suffix}.json"
     )
-    checks, indicators = {}, {}
-    if sanity and ev.sanity_n and batches.start == 0:
-        # spread over the (sorted) index list: test splits stored by class would bias a prefix
-        picked = list(range(0, hi, max(1, hi // ev.sanity_n)))[: ev.sanity_n]
-        first_draw = record["per_sample"]["first_draw"]
-        white_box = sum(first_draw[p] for p in picked) / len(picked)
-        checks = sanity_checks(
-            target,
-            attack,
-            sub.images[picked],
-            sub.labels[picked],
-            protocol,
-            white_box,
-            device,
-            draws=draws,
-            batch_size=ev.batch_size,
-            square_queries=ev.square_queries,
-            defense_seed=seed,
-            randomness=randomness,
-            identity=(header["defense"]["sha256"], network_digest(defense.classifier)),
-            bare_data=(sub.images[:hi], sub.labels[:hi]),  # shard 0's (all, unsharded)
+
+
+def resume_or_start(path: Path, header: dict) -> dict:
+    """The partial record at `path` if it belongs to this run, else a fresh one from `header`."""
+    if not path.exists():
+        return {**header, "per_sample": {"index": [], "correct_draws": [], "first_draw": []}}
+    existing = read_json(path)
+    differing = [k for k in RUN_KEYS if existing.get(k) != header.get(k)]
+    if differing:
+        raise RecordMismatchError(
+            f"{path} holds a record of another run (differs in: {', '.join(differing)}; e.g. "
+            f"{differing[0]} {existing.get(differing[0])!r} vs {header.get(differing[0])!r}). "
+            "Records are never mixed: delete that file, or write to another results directory "
+            "(set ATOP_HOME)."
         )
-        indicators = attack_indicators(
-            record,
-            attack_target(target, protocol),
-            target,
-            attack,
-            sub.images[picked].to(device).float().div(255),
-            sub.labels[picked].to(device),
-            checks,
-            seed=seed,
-        )
-    verdict = unreliable(checks) if checks else None
-    record.update(
-        sanity=checks,
-        indicators=indicators,
-        unreliable=True if marks_unreliable(indicators) else verdict,
-        env=environment(device),
-        wall_s=round(time.perf_counter() - start, 1),
+    return existing
+
+
+def append_outcomes(per_sample: dict, correct: torch.Tensor, indices: list[int]) -> None:
+    """Add one batch's (draws, B) bool outcomes to a record's per-sample lists."""
+    per_sample["index"] += indices
+    per_sample["correct_draws"] += correct.sum(0).tolist()
+    per_sample["first_draw"] += correct[0].int().tolist()
+
+
+def append_trace(record: dict, trace: dict | None) -> None:
+    """Add one batch's attack trace (`attacks/trace.py`): its per-step mean loss and, per
+    sample, whether an iterate was misclassified. Untraced attacks keep no trace."""
+    if trace is None:
+        return
+    kept = record.setdefault("trace", {"loss": [], "fooled": []})
+    kept["loss"].append(trace["loss"])
+    for key in ("fooled", "returned_fooled"):
+        if key in trace:
+            kept[key] = kept.get(key, []) + trace[key]
+
+
+def save_progress(
+    path: Path, record: dict, correct: torch.Tensor, indices: list[int], trace: dict | None = None
+) -> dict:
+    """Append one batch's (draws, B) outcomes (and attack trace) to the record and write it
+    atomically."""
+    append_outcomes(record["per_sample"], correct, indices)
+    append_trace(record, trace)
+    record = {**record, **summarize_outcomes(record["per_sample"], record["draws"])}
+    record["complete"] = False
+    write_json(path, record)
+    return record
+
+
+def shard_groups(results_dir: Path) -> dict[Path, list[Path]]:
+    """Shard files under `results_dir`, grouped by the unsharded record path they merge into."""
+    groups: dict[Path, list[Path]] = {}
+    for name in sorted(glob.glob(str(results_dir / "**" / "*__shard-*-of-*.json"), recursive=True)):
+        path = Path(name)
+        target = path.with_name(SHARD_RE.sub(".json", path.name))
+        groups.setdefault(target, []).append(path)
+    return groups
+
+
+def merge_shards(paths: list[Path]) -> dict:
+    """One record from the complete shards of one run, in shard order: the same per-sample
+    outcomes as an unsharded run, because every batch is seeded by its global position."""
+    shards = sorted((int(SHARD_RE.search(p.name)[1]), p) for p in paths)
+    k = int(SHARD_RE.search(shards[0][1].name)[2])
+    if [i for i, _ in shards] != list(range(k)):
+        raise ValueError(f"shards {[i for i, _ in shards]} of {k} found; all of 0..{k - 1} needed")
+    records = [read_json(p) for _, p in shards]
+    for (_, p), r in zip(shards, records, strict=True):
+        if not r.get("complete"):
+            raise ValueError(f"{p} is not complete: rerun its shard (it resumes) before merging")
+        differing = [
+            key for key in RUN_KEYS if key != "indices" and r.get(key) != records[0].get(key)
+        ]
+        if differing:
+            raise RecordMismatchError(f"{p} differs from shard 0 in {', '.join(differing)}")
+    per_sample = {
+        key: [v for r in records for v in r["per_sample"][key]] for key in records[0]["per_sample"]
+    }
+    merged = {key: records[0][key] for key in RUN_KEYS if key != "indices" and key in records[0]}
+    merged["indices"] = {**records[0]["indices"], "shard": None}
+    if all("trace" in r for r in records):
+        merged["trace"] = {"loss": [batch for r in records for batch in r["trace"]["loss"]]}
+        for key in ("fooled", "returned_fooled"):
+            if all(key in r["trace"] for r in records):
+                merged["trace"][key] = [v for r in records for v in r["trace"][key]]
+    merged.update(
+        per_sample=per_sample,
+        **summarize_outcomes(per_sample, merged["draws"]),
+        sanity=records[0].get("sanity", {}),
+        indicators=records[0].get("indicators", {}),
+        unreliable=records[0].get("unreliable"),
+        env=records[0]["env"],
+        wall_s=round(sum(r["wall_s"] for r in records), 1),
+        shards=k,
         complete=True,
     )
-    write_json(out, record)
-    return record, out
+    return merged
+
+
+def merge_all(results_dir: Path) -> list[Path]:
+    """Merge every complete shard group under `results_dir`; returns the records written."""
+    written = []
+    for target, paths in shard_groups(results_dir).items():
+        write_json(target, merge_shards(paths))
+        written.append(target)
+    return written
+
+
+def record_files(results_dir: Path) -> list[Path]:
+    """Every record file under `results_dir`, sorted; shard files excluded (merge them first)."""
+    return [
+        p
+        for p in sorted(Path(results_dir).rglob("*.json"))
+        if "__" in p.name and not SHARD_RE.search(p.name)
+    ]
+
+
+def load_records(results_dir: Path, complete_only: bool = True) -> list[dict]:
+    """Every record under `results_dir` (`record_files`), only the complete ones by default."""
+    records = [read_json(p) for p in record_files(results_dir)]
+    return [r for r in records if not complete_only or r.get("complete", True)]

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from atop_core.attacks import AttackConfig
 from atop_core.defense import DefendedModel
-from atop_core.evaluate import evaluate
+from atop_core.harness import evaluate
 from atop_core.precision import precision_name
-from atop_core.results import wilson_interval
+from atop_core.records import wilson_interval
 
 NEAR_ZERO = 0.10  # "accuracy near 0": at most this fraction survives a huge budget
 LARGE_EPS_FACTOR = 16  # the huge budget: 16 × ε (8/255 -> 0.5 in L∞, capped at 1; 0.5 -> 8 in L2)

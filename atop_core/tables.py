@@ -20,10 +20,10 @@ from atop_core.config import PROFILES
 from atop_core.io import read_json
 from atop_core.precision import FLOAT32
 from atop_core.provenance import short
-from atop_core.results import SHARD_RE
+from atop_core.records import record_files
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "paper.yaml"
-READINGS = ("single", "vote", "worst")  # how a stochastic defense is judged (evaluate.py)
+READINGS = ("single", "vote", "worst")  # how a stochastic defense is judged (harness.py)
 SELECT_KEYS = ("dataset", "defense", "defense_suffix", "classifier", "attack", "steps", "eot")
 SELECT_KEYS += ("eps", "protocol")
 CELL_SOURCES = ("paper", "rebuttal", "authors-code-log", "inferred", "unknown")
@@ -91,7 +91,7 @@ def _adversarial_training(name: str) -> str:
 
 def record_row(record: dict, file_name: str | None = None) -> dict:
     """One record as a flat row. Records written before the schema field `defense.name` existed
-    are named by their file's stem, as the record path is (`results.record_path`)."""
+    are named by their file's stem, as the record path is (`records.record_path`)."""
     defense, attack = record["defense"], record["attack"]
     stem = file_name.removesuffix(".json").split("__") if file_name else None
     name = defense.get("name") or Path(defense["file"]).stem
@@ -118,7 +118,7 @@ def record_row(record: dict, file_name: str | None = None) -> dict:
         "schema": record.get("schema", 0),
         "code": short((record.get("env") or {}).get("atop_core")),
         "precision": record.get("precision", FLOAT32),  # absent: float32 (`precision.py`)
-        "randomness": record.get("randomness", "fresh"),  # absent: fresh draws (`evaluate.py`)
+        "randomness": record.get("randomness", "fresh"),  # absent: fresh draws (`harness.py`)
         "fired": ", ".join(k for k, v in (record.get("indicators") or {}).items() if v["fired"]),
     }
     for k in READINGS:
@@ -143,12 +143,8 @@ def records_frame(records: list[dict], file_names: list[str] | None = None) -> p
 
 def load_records_frame(results_dir: Path) -> pd.DataFrame:
     """Every record file under `results_dir` (e.g. results/<profile>), shard files excluded:
-    `results.merge_all` merges them first. Partial records are kept, with complete=False."""
-    paths = [
-        p
-        for p in sorted(Path(results_dir).rglob("*.json"))
-        if "__" in p.name and not SHARD_RE.search(p.name)
-    ]
+    `records.merge_all` merges them first. Partial records are kept, with complete=False."""
+    paths = record_files(results_dir)
     return records_frame([read_json(p) for p in paths], [p.name for p in paths])
 
 

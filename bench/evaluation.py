@@ -223,7 +223,7 @@ def compiled_gradient_gap(cfg: BenchConfig, device: torch.device) -> dict:
 def measure_judge(cfg: BenchConfig, device: torch.device) -> dict:
     """Images per second of judging (JUDGE_DRAWS forward draws, no gradient): the library's
     no_grad against inference_mode, on the quick architecture in channels_last."""
-    from atop_core.evaluate import judge
+    from atop_core.harness import judge
 
     model = build_defense(arch("quick"), cfg.purifiers[0], ours(cfg.batch), device, cfg.seed)
     x, y = synthetic_images(cfg.batch, device, cfg.seed)

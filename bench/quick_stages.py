@@ -12,7 +12,7 @@ from atop_core.attacks import AttackConfig
 from atop_core.config import get_profile
 from atop_core.data import DataFormatError, DataNotFoundError, load_dataset
 from atop_core.defense import DefendedModel, freeze
-from atop_core.evaluate import evaluate
+from atop_core.harness import evaluate
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import build_discriminator, build_purifier
 from atop_core.train import (

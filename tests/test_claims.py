@@ -7,8 +7,8 @@ import pytest
 from atop_core import claims
 from atop_core.attacks import AttackConfig
 from atop_core.claims import Arm, Comparison
+from atop_core.records import summarize_outcomes
 from atop_core.report import README_END, README_START, update_readme
-from atop_core.results import summarize_outcomes
 
 PGD = AttackConfig(name="pgd-eot", steps=10, eot=4)
 CLEAN = AttackConfig(name="clean")

@@ -6,7 +6,7 @@ import pytest
 
 from atop_core import experiments as ex
 from atop_core.config import get_profile
-from atop_core.results import summarize_outcomes
+from atop_core.records import summarize_outcomes
 from atop_core.tables import load_reference, selector
 
 

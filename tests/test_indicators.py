@@ -9,7 +9,7 @@ from atop_core.attacks import AttackConfig, run_attack
 from atop_core.attacks.trace import tracing
 from atop_core.config import TransformConfig
 from atop_core.defense import DefendedModel
-from atop_core.evaluate import evaluate
+from atop_core.harness import evaluate
 from atop_core.transforms import RandomTransform
 
 PGD = AttackConfig(name="pgd-eot", steps=5, eot=1, seed=1)

@@ -13,7 +13,7 @@ from atop_core import pipeline
 from atop_core.attacks import AttackConfig
 from atop_core.config import DataConfig, get_profile, with_fields
 from atop_core.defense import load_defense
-from atop_core.records import evaluate_defense
+from atop_core.evaluation import evaluate_defense
 from tests.conftest import write_tree
 
 CPU = torch.device("cpu")

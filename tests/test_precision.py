@@ -19,13 +19,13 @@ from atop_core.config import (
     get_profile,
 )
 from atop_core.defense import DefendedModel
-from atop_core.evaluate import evaluate
+from atop_core.evaluation import evaluate_defense
+from atop_core.harness import evaluate
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.gan import PatchDiscriminator
 from atop_core.nets.purifiers import build_purifier
 from atop_core.precision import BF16, FLOAT32, amp_enabled, autocast, precision_name
-from atop_core.records import evaluate_defense
-from atop_core.results import RecordMismatchError
+from atop_core.records import RecordMismatchError
 from atop_core.train import (
     classifier_state,
     classifier_step,

@@ -5,10 +5,10 @@ import torch
 
 from atop_core import provenance, report
 from atop_core.config import get_profile
+from atop_core.evaluation import evaluate_defense
 from atop_core.io import read_json
-from atop_core.records import evaluate_defense
 from tests.conftest import save_tiny_defense, write_tree
-from tests.test_records import ATTACK
+from tests.test_evaluation import ATTACK
 
 
 def test_sources_digest_follows_every_source_byte(tmp_path, monkeypatch):

@@ -1,131 +1,98 @@
-"""Evaluating saved defenses into records: resume, shards, and refusal of foreign records."""
-
-import json
+"""Record statistics, worst case across a suite, shard merging and record loading."""
 
 import pytest
-import torch
 
-from atop_core.attacks import AttackConfig
-from atop_core.config import get_profile
-from atop_core.indicators import INDICATORS
-from atop_core.records import evaluate_defense, parse_shard, shard_batches
-from atop_core.results import RecordMismatchError, merge_all
-from tests.conftest import save_tiny_defense, write_tree
-
-ATTACK = AttackConfig(name="pgd-eot", steps=1, eot=2, seed=1)
-VOLATILE = ("wall_s", "env", "indices", "shards", "sanity", "unreliable")
-
-
-@pytest.fixture()
-def defense_path(tmp_path, monkeypatch):
-    write_tree(tmp_path, "cifar10", per_class=1)  # 10 test images
-    monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path))
-    return save_tiny_defense(tmp_path / "defense-ae-rt2-atop.pt")
+from atop_core.io import write_json
+from atop_core.records import (
+    RecordMismatchError,
+    load_records,
+    merge_shards,
+    resume_or_start,
+    summarize_outcomes,
+    wilson_interval,
+    worst_case,
+)
 
 
-def _run(path, **kw):
-    profile = get_profile("smoke")  # batches of 8: 10 images make two batches
-    kw = {"attack": ATTACK, "protocol": "whole-model", "device": torch.device("cpu"), **kw}
-    kw = {"n": 10, "draws": 3, "sanity": False, **kw}
-    return evaluate_defense(path, profile, **kw)
+def _record(first, counts, draws=3, name="pgd", index=None, **extra):
+    per_sample = {
+        "index": index or list(range(len(first))),
+        "first_draw": first,
+        "correct_draws": counts,
+    }
+    return {
+        "attack": {"name": name},
+        "draws": draws,
+        "per_sample": per_sample,
+        **summarize_outcomes(per_sample, draws),
+        **extra,
+    }
 
 
-def _stable(record):
-    return {k: v for k, v in record.items() if k not in VOLATILE}
+def test_wilson_interval_matches_known_values():
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
 
 
-def test_killed_evaluation_resumes_to_identical_record(defense_path, monkeypatch):
-    full, out = _run(defense_path)
-    out.unlink()
-    import atop_core.records as records
-
-    real, calls = records.save_progress, []
-
-    def killed_after_one_batch(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(records, "save_progress", killed_after_one_batch)
-    with pytest.raises(KeyboardInterrupt):
-        _run(defense_path)
-    partial = json.loads(out.read_text())
-    assert partial["complete"] is False and partial["n"] == 8
-    monkeypatch.setattr(records, "save_progress", real)
-    resumed, _ = _run(defense_path)
-    assert _stable(resumed) == _stable(full) and resumed["complete"] is True
+def test_summary_separates_single_vote_and_worst():
+    s = summarize_outcomes({"first_draw": [1, 1, 0], "correct_draws": [3, 2, 1]}, draws=3)
+    assert s["n"] == 3
+    assert s["accuracy"] == {"single": 2 / 3, "vote": 2 / 3, "worst": 1 / 3}
+    assert s["interval"]["worst"] == list(wilson_interval(1, 3))
 
 
-def test_shards_merge_into_the_unsharded_record(defense_path, tmp_path):
-    full, out = _run(defense_path)
-    shards = [_run(defense_path, shard=(i, 2))[1] for i in range(2)]
-    assert [json.loads(p.read_text())["n"] for p in shards] == [8, 2]
-    out.unlink()
-    assert merge_all(out.parents[2]) == [out]
-    merged = json.loads(out.read_text())
-    assert _stable(merged) == _stable(full) and merged["shards"] == 2
+def test_worst_case_counts_a_sample_only_if_it_survives_every_attack():
+    a = _record([1, 1, 0, 1], [3, 3, 0, 2], name="pgd")
+    b = _record([1, 0, 1, 1], [3, 1, 3, 3], name="square", unreliable=True)
+    result = worst_case([a, b])
+    assert result["accuracy"] == {"single": 2 / 4, "vote": 2 / 4, "worst": 1 / 4}
+    assert result["attacks"] == ["pgd", "square"] and result["unreliable"] is True
 
 
-def test_a_record_of_another_run_in_the_same_file_is_refused(defense_path):
-    _, out = _run(defense_path)
-    record = json.loads(out.read_text())
-    record["attack"]["steps"] = 7
-    out.write_text(json.dumps(record))
-    with pytest.raises(RecordMismatchError, match="differs in: attack"):
-        _run(defense_path)
+def test_worst_case_refuses_records_of_other_images():
+    with pytest.raises(ValueError, match="covers other images"):
+        worst_case([_record([1], [3], index=[5]), _record([1], [3], index=[6])])
 
 
-@pytest.mark.parametrize("text", ["2", "2/2", "a/b", "-1/3"])
-def test_bad_shard_specs_are_refused(text):
-    with pytest.raises(ValueError, match="--shard"):
-        parse_shard(text)
+def _shard(i, k, first, **run):
+    base = {"schema": 1, "protocol": "whole-model", "draws": 3, "indices": {"shard": [i, k]}}
+    return {**base, **_record(first, [3 * f for f in first]), **run, "complete": True, "wall_s": 1}
 
 
-def test_shards_cover_every_batch_exactly_once():
-    parts = [shard_batches(1000, 64, (i, 3)) for i in range(3)]
-    assert [b for p in parts for b in p] == list(range(16))
+def test_merging_shards_concatenates_them_in_order(tmp_path):
+    paths = []
+    for i, first in enumerate([[1, 0], [0, 0], [1, 1]]):
+        paths.append(tmp_path / f"d__pgd-10__whole-model__shard-{i}-of-3.json")
+        write_json(paths[-1], {**_shard(i, 3, first), "env": {}})
+    merged = merge_shards(list(reversed(paths)))
+    assert merged["per_sample"]["first_draw"] == [1, 0, 0, 0, 1, 1]
+    assert merged["accuracy"]["single"] == 0.5 and merged["n"] == 6 and merged["wall_s"] == 3
 
 
-def test_clean_accuracy_is_computed_once_and_matches_either_protocol(defense_path, monkeypatch):
-    import atop_core.records as records
-
-    clean = AttackConfig(name="clean")
-    copy, out = _run(defense_path, protocol="classifier-only", attack=clean)
-    source = out.with_name(out.name.replace("classifier-only", "whole-model"))
-    assert copy["protocol"] == "classifier-only" and copy["same_as"] == source.name
-    assert json.loads(out.read_text()) == copy and source.exists()
-    assert copy["per_sample"] == json.loads(source.read_text())["per_sample"]
-    # the shortcut's premise: computed under classifier-only itself, the outcomes are the same
-    monkeypatch.setattr(records, "CLEAN_PROTOCOL", "classifier-only")
-    out.unlink()
-    direct, _ = _run(defense_path, protocol="classifier-only", attack=clean)
-    assert "same_as" not in direct and direct["per_sample"] == copy["per_sample"]
+def test_merging_refuses_missing_incomplete_or_mismatched_shards(tmp_path):
+    p0, p1 = (tmp_path / f"d__a__whole-model__shard-{i}-of-2.json" for i in range(2))
+    write_json(p0, {**_shard(0, 2, [1]), "env": {}})
+    with pytest.raises(ValueError, match="all of 0..1 needed"):
+        merge_shards([p0])
+    write_json(p1, {**_shard(1, 2, [1]), "env": {}, "complete": False})
+    with pytest.raises(ValueError, match="not complete"):
+        merge_shards([p0, p1])
+    write_json(p1, {**_shard(1, 2, [1], protocol="classifier-only"), "env": {}})
+    with pytest.raises(RecordMismatchError, match="protocol"):
+        merge_shards([p0, p1])
 
 
-def test_the_bare_classifier_check_attacks_every_record_image(defense_path):
-    record, _ = _run(defense_path, sanity=True)
-    assert record["n"] == 10 and record["sanity"]["bare_classifier"]["n"] == 10
-    assert record["sanity"]["more_budget"]["passed"] is not None  # the rest: on sanity_n (8)
+def test_a_record_of_another_protocol_in_the_same_file_is_refused(tmp_path):
+    path = tmp_path / "r.json"
+    write_json(path, {"protocol": "whole-model", "per_sample": {}})
+    with pytest.raises(RecordMismatchError, match="protocol 'whole-model' vs 'classifier-only'"):
+        resume_or_start(path, {"protocol": "classifier-only"})
 
 
-def test_frozen_randomness_is_its_own_record_with_one_draw_per_image(defense_path):
-    fresh, fresh_out = _run(defense_path)
-    frozen, frozen_out = _run(defense_path, randomness="frozen")
-    assert frozen_out.name.endswith("__whole-model__frozen__n10.json") and frozen_out != fresh_out
-    assert frozen["randomness"] == "frozen" and "randomness" not in fresh
-    # one draw per image, shared by the attack and the judge: every draw agrees
-    assert set(frozen["per_sample"]["correct_draws"]) <= {0, frozen["draws"]}
-    assert frozen["accuracy"]["single"] == frozen["accuracy"]["worst"]
-    with pytest.raises(ValueError, match="unknown randomness 'thawed'"):
-        _run(defense_path, randomness="thawed")
-
-
-def test_records_carry_the_attack_trace_and_every_indicator(defense_path):
-    record, _ = _run(defense_path, sanity=True)
-    assert [len(batch) for batch in record["trace"]["loss"]] == [ATTACK.steps + 1] * 2
-    assert len(record["trace"]["fooled"]) == record["n"]
-    assert set(record["indicators"]) == set(INDICATORS)
-    for name, verdict in record["indicators"].items():
-        assert verdict["fired"] in (True, False, None), name
-        assert ("fix" in verdict) == bool(verdict["fired"]), name
+def test_load_records_skips_shards_and_incomplete_records(tmp_path):
+    write_json(tmp_path / "q" / "a__clean__whole-model.json", {"complete": True})
+    write_json(tmp_path / "q" / "b__clean__whole-model.json", {"complete": False})
+    write_json(tmp_path / "q" / "a__pgd__whole-model__shard-0-of-2.json", {"complete": True})
+    write_json(tmp_path / "q" / "train_status.json", {})
+    assert len(load_records(tmp_path)) == 1 and len(load_records(tmp_path, False)) == 2

@@ -2,7 +2,7 @@
 
 Adversarial examples are made once per sample, then the defense is run `draws` times on them:
 single-draw accuracy (the first draw), majority vote over the draws, and worst of the draws (a
-sample counts only if every draw is right), each with a Wilson 95% interval (`results.py`).
+sample counts only if every draw is right), each with a Wilson 95% interval (`records.py`).
 Every batch seeds the defense's transform and the attack from its global position in the index
 list, so a resumed, sharded or repeated run gives the same per-sample outcomes. Frozen randomness
 (a diagnostic) gives each image one draw that the attack and the judge share. Each batch's attack
@@ -21,7 +21,7 @@ from atop_core.attacks.trace import tracing
 from atop_core.config import SEED_STRIDE
 from atop_core.defense import DefendedModel
 from atop_core.progress import progress
-from atop_core.results import append_outcomes, summarize_outcomes
+from atop_core.records import append_outcomes, summarize_outcomes
 
 PROTOCOLS = ("whole-model", "classifier-only")
 RANDOMNESS = ("fresh", "frozen")  # fresh draws per pass, or one fixed draw per image

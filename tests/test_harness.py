@@ -6,7 +6,7 @@ import torch
 from atop_core.attacks import AttackConfig
 from atop_core.config import TransformConfig
 from atop_core.defense import DefendedModel
-from atop_core.evaluate import evaluate, judge
+from atop_core.harness import evaluate, judge
 from atop_core.nets.classifiers import build_classifier
 from atop_core.nets.purifiers import build_purifier
 from atop_core.transforms import RandomTransform
