@@ -7,7 +7,6 @@ loaded here (CIFAR-100 offline) is reported as not run, with the reason, and the
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,10 +20,11 @@ from atop_core.config import (
     PROFILES,
     Profile,
     get_profile,
+    overridden,
     resolve_device,
     settings,
 )
-from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, eval_subset, load_dataset
+from atop_core.data import DATASETS, eval_subset, load_dataset, unavailable_reason
 from atop_core.evaluation import evaluate_defense, parse_shard
 from atop_core.harness import PROTOCOLS, RANDOMNESS
 from atop_core.indicators import fired
@@ -41,12 +41,10 @@ def prepare_data(profile: Profile) -> dict:
     status = {}
     for name in profile.datasets:
         start = time.perf_counter()
-        try:
-            train = load_dataset(name, "train")
-            test = load_dataset(name, "test")
-        except (DataNotFoundError, DataFormatError) as err:
-            status[name] = {"status": "not run", "reason": str(err)}
+        if reason := unavailable_reason(name):
+            status[name] = {"status": "not run", "reason": reason}
             continue
+        train, test = load_dataset(name, "train"), load_dataset(name, "test")
         _, indices = eval_subset(name, test, profile.data.n_eval, profile.data.eval_seed)
         status[name] = {
             "status": "ready",
@@ -77,10 +75,8 @@ def train(profile: Profile, device_name: str) -> dict:
     device = resolve_device(device_name)
     status = {}
     for name in profile.datasets:
-        try:
-            load_dataset(name, "test")
-        except (DataNotFoundError, DataFormatError) as err:
-            status[name] = {"status": "not run", "reason": str(err)}
+        if reason := unavailable_reason(name):
+            status[name] = {"status": "not run", "reason": reason}
             continue
         start = time.perf_counter()
         defenses = train_chain(profile, name, device)
@@ -276,10 +272,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tune_malloc()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "data_dir", None):
-        os.environ[ENV_DATA_DIR] = args.data_dir
-    if getattr(args, "amp", None):
-        os.environ[ENV_AMP] = args.amp
+    data_dir = getattr(args, "data_dir", None)
+    with overridden(data_dir=Path(data_dir) if data_dir else None, amp=getattr(args, "amp", None)):
+        return run(parser, args)
+
+
+def run(parser: CommandLine, args: argparse.Namespace) -> int:
+    """The parsed command, under the settings its options chose."""
     datasets = getattr(args, "datasets", None)
     profile = get_profile(args.profile, **({"datasets": tuple(datasets)} if datasets else {}))
     if args.command == "evaluate":

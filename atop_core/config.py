@@ -1,4 +1,4 @@
-"""Settings read from the environment (once, here) and the named run profiles.
+"""Settings read from the environment (here only), and the named run profiles.
 
 Every stage takes its configuration as a frozen dataclass; `get_profile("quick", eot=8)` makes a
 changed copy and refuses bad values with a message naming the field.
@@ -8,8 +8,12 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -63,17 +67,39 @@ def _default_home() -> Path:
     return checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
 
 
+_OVERRIDES: ContextVar[MappingProxyType] = ContextVar("atop_settings", default=MappingProxyType({}))
+
+
 def settings() -> Settings:
-    """Read the ATOP_* environment variables; unset ones take their documented defaults."""
+    """Read the ATOP_* environment variables; unset ones take their documented defaults, and
+    values set by `overridden` win over both."""
     data_dir = os.environ.get(ENV_DATA_DIR) or None
     xdg_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Settings(
+    from_env = Settings(
         data_dir=Path(data_dir).expanduser() if data_dir else None,
         cache_dir=Path(os.environ.get(ENV_CACHE_DIR) or xdg_cache / "atop_core").expanduser(),
         home=Path(os.environ.get(ENV_HOME) or _default_home()).expanduser(),
         amp=os.environ.get(ENV_AMP) or "auto",  # as run_all.sh checks it: auto, on or off
         progress=os.environ.get(ENV_PROGRESS) or "auto",
     )
+    return dataclasses.replace(from_env, **_OVERRIDES.get())
+
+
+@contextmanager
+def overridden(**values: object) -> Iterator[None]:
+    """Inside, `settings()` gives these values (None leaves a setting as it was): how a command's
+    options (`--data-dir`, `--amp`) reach the code it runs, without touching the environment."""
+    unknown = set(values) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise ValueError(
+            f"unknown settings {sorted(unknown)}; known: {list(Settings.__annotations__)}"
+        )
+    chosen = {k: v for k, v in values.items() if v is not None}
+    token = _OVERRIDES.set(MappingProxyType({**_OVERRIDES.get(), **chosen}))
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

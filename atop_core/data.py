@@ -384,6 +384,17 @@ def load_dataset(
     )
 
 
+def unavailable_reason(name: str) -> str | None:
+    """None when both splits of dataset `name` load here, else why not (no local copy while
+    offline, a malformed copy): the one check every command and report uses."""
+    try:
+        for split in SPLITS:
+            load_dataset(name, split)
+    except (DataNotFoundError, DataFormatError) as err:
+        return str(err)
+    return None
+
+
 def shrink(ds: ImageTensorDataset, max_size: int) -> ImageTensorDataset:
     """`ds` with images larger than `max_size` resized down to it (antialiased bilinear, rounded
     back to uint8); unchanged when max_size is 0 or the images are no larger."""

@@ -35,7 +35,7 @@ from atop_core.config import (
     resolve_device,
     settings,
 )
-from atop_core.data import DATASETS, DataFormatError, DataNotFoundError, load_dataset
+from atop_core.data import DATASETS, unavailable_reason
 from atop_core.defense import DefendedModel, save_transform_variant
 from atop_core.evaluation import evaluate_defense
 from atop_core.indicators import INDICATORS, mean_loss_curve
@@ -349,13 +349,8 @@ def report_path(profile: Profile) -> Path:
 
 def not_run_notes(profile: Profile) -> dict[str, str]:
     """Each of the profile's datasets that cannot be loaded here, with the reason."""
-    notes = {}
-    for name in profile.datasets:
-        try:
-            load_dataset(name, "test")
-        except (DataNotFoundError, DataFormatError) as err:
-            notes[name] = f"not run: {err}"
-    return notes
+    reasons = {name: unavailable_reason(name) for name in profile.datasets}
+    return {name: f"not run: {reason}" for name, reason in reasons.items() if reason}
 
 
 # --- small computations the notebooks show ---------------------------------------------------

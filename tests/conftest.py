@@ -1,6 +1,5 @@
 """Shared fixtures: small image trees in the local-copy layout, and an isolated environment."""
 
-import os
 import zipfile
 from pathlib import Path
 
@@ -19,15 +18,7 @@ def isolated_env(tmp_path, monkeypatch):
     """Every test gets its own cache and home, so no test reads another's artifacts."""
     monkeypatch.setenv("ATOP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ATOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ATOP_AMP", "auto")  # the default; also undoes `main(["--amp", ...])`
-    data_dir = os.environ.get("ATOP_DATA_DIR")
-    yield
-    # `main(["--data-dir", ...])` sets the variable for its process, as a command should; undo
-    # it, or later tests and the nbval kernels would read a test's tiny tree as the real data.
-    if data_dir is None:
-        os.environ.pop("ATOP_DATA_DIR", None)
-    else:
-        os.environ["ATOP_DATA_DIR"] = data_dir
+    monkeypatch.setenv("ATOP_AMP", "auto")  # the default, whatever the caller's shell set
 
 
 def write_tree(

@@ -21,6 +21,7 @@ from atop_core.data import (
     indices_sha256,
     load_dataset,
     shrink,
+    unavailable_reason,
 )
 from tests.conftest import write_tree, zip_tree
 
@@ -223,6 +224,16 @@ def test_offline_download_failure_explains_itself(tmp_path, monkeypatch):
     _use_fake(monkeypatch, _FakeTorchvision(available_after_download=False))
     with pytest.raises(DataNotFoundError, match="download failed: network is unreachable"):
         load_dataset("cifar100", "test", root=tmp_path)
+
+
+def test_unavailable_reason_is_none_for_a_copy_and_the_error_when_offline(tmp_path, monkeypatch):
+    write_tree(tmp_path, "cifar10", per_class=1)
+    monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path))
+    _use_fake(monkeypatch, _FakeTorchvision(available_after_download=False))
+    assert unavailable_reason("cifar10") is None
+    reason = unavailable_reason("cifar100")
+    assert reason.startswith("no copy of cifar100/train found")
+    assert "network is unreachable" in reason
 
 
 # --- fixed evaluation subsets ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from atop_core.config import (
     PurifierConfig,
     TransformConfig,
     get_profile,
+    settings,
 )
 from atop_core.defense import DefendedModel
 from atop_core.evaluation import evaluate_defense
@@ -231,10 +232,17 @@ def test_the_gan_purifier_trains_under_autocast(monkeypatch):
     assert all(p.dtype == torch.float32 for p in state.models["purifier"].parameters())
 
 
-def test_the_command_line_flag_sets_the_switch(monkeypatch, capsys):
-    with pytest.raises(SystemExit):  # the switch is set before the missing defense is found
-        main(["evaluate", "--profile", "smoke", "--amp", "off", "--defense", "missing.pt"])
-    assert os.environ["ATOP_AMP"] == "off"
+def test_the_command_line_flags_set_the_settings_of_their_command_alone(
+    tmp_path, monkeypatch, capsys
+):
+    import atop_core.__main__ as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run", lambda parser, args: seen.append(settings()) or 0)
+    environ = dict(os.environ)
+    assert main(["train", "--amp", "off", "--data-dir", str(tmp_path)]) == 0
+    assert (seen[0].amp, seen[0].data_dir) == ("off", tmp_path)
+    assert dict(os.environ) == environ and settings().amp == "auto"  # nothing leaks out
     with pytest.raises(SystemExit):
         main(["train", "--amp", "fast"])
     assert "invalid choice: 'fast'" in capsys.readouterr().err
