@@ -8,9 +8,11 @@ marks the record complete. A record keeps the attack's loss trace per batch.
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from atop_core.attacks import ATTACKS, AttackConfig
 from atop_core.config import SEED_STRIDE, Profile, settings
@@ -58,51 +60,55 @@ def shard_batches(n: int, batch_size: int, shard: tuple[int, int] | None) -> ran
 CLEAN_PROTOCOL = "whole-model"
 
 
-def _clean_copy(
-    path: str | Path,
-    profile: Profile,
-    attack: AttackConfig,
-    protocol: str,
-    device: torch.device,
-    n: int | None,
-    draws: int | None,
-    shard: tuple[int, int] | None,
-    seed: int,
-    randomness: str,
-) -> tuple[dict, Path]:
-    """The clean record under `protocol`: the CLEAN_PROTOCOL record, relabelled, naming its source
-    (`same_as`) and costing no time of its own."""
-    source, source_path = evaluate_defense(
-        path,
-        profile,
-        attack,
-        protocol=CLEAN_PROTOCOL,
-        device=device,
-        n=n,
-        draws=draws,
-        shard=shard,
-        seed=seed,
-        randomness=randomness,
-    )
-    record = {**source, "protocol": protocol, "same_as": source_path.name, "wall_s": 0.0}
-    out = record_path(
-        settings().results_dir,
-        profile.name,
-        source["dataset"],
-        source["defense"]["name"],
-        attack.tag(),
-        protocol,
-        shard,
-        _named_n(profile, n),
-        randomness,
-    )
-    write_json(out, record)
-    return record, out
+@dataclass(frozen=True)
+class _Run:
+    """One evaluation's choices, as `evaluate_defense` takes them (draws resolved)."""
+
+    profile: Profile
+    attack: AttackConfig
+    protocol: str
+    device: torch.device
+    n: int | None
+    draws: int
+    shard: tuple[int, int] | None
+    seed: int
+    randomness: str
+
+    def out(self, dataset: str, defense_name: str) -> Path:
+        """The record's path; the image count is named only when not the profile's `n_eval`."""
+        n = None if self.n in (None, self.profile.data.n_eval) else self.n
+        return record_path(
+            settings().results_dir,
+            self.profile.name,
+            dataset,
+            defense_name,
+            self.attack.tag(),
+            self.protocol,
+            self.shard,
+            n,
+            self.randomness,
+        )
 
 
-def _named_n(profile: Profile, n: int | None) -> int | None:
-    """The image count a record path names: none for the profile's own `n_eval`."""
-    return None if n in (None, profile.data.n_eval) else n
+@dataclass(frozen=True)
+class _Images:
+    """The fixed evaluation images (uint8) and their indices, and the slice one shard attacks."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: list[int]
+    batches: range  # global batch positions of the shard
+    lo: int  # the shard's first and one-past-last image
+    hi: int
+
+    @classmethod
+    def of(cls, meta: dict, run: _Run) -> "_Images":
+        ev, data = run.profile.evaluation, run.profile.data
+        test = shrink(load_dataset(meta["dataset"], "test"), meta["image_size"])  # as trained
+        sub, idx = eval_subset(meta["dataset"], test, run.n or data.n_eval, data.eval_seed)
+        batches = shard_batches(len(idx), ev.batch_size, run.shard)
+        lo, hi = batches.start * ev.batch_size, min(len(idx), batches.stop * ev.batch_size)
+        return cls(sub.images, sub.labels, idx, batches, lo, hi)
 
 
 def evaluate_defense(
@@ -124,123 +130,157 @@ def evaluate_defense(
     the transform, shared by the attack and the judge (`harness.py`)."""
     check_protocol(protocol)
     check_randomness(randomness)
+    draws = draws or profile.evaluation.draws
+    run = _Run(profile, attack, protocol, device, n, draws, shard, seed, randomness)
     if attack.name == "clean" and protocol != CLEAN_PROTOCOL:
-        return _clean_copy(
-            path, profile, attack, protocol, device, n, draws, shard, seed, randomness
-        )
-    ev = profile.evaluation
-    draws = draws or ev.draws
+        return _clean_copy(path, run)
     # Not channels_last, though bench measured it 1.1x faster: torchattacks' L2 attacks flatten
     # input gradients with .view, which fails on the channels_last gradients it would produce.
     defense = load_defense(path, device, seed=seed)
     meta = defense.meta
-    test = shrink(load_dataset(meta["dataset"], "test"), meta["image_size"])  # as trained
-    sub, idx = eval_subset(meta["dataset"], test, n or profile.data.n_eval, profile.data.eval_seed)
-    target = defense if meta["purifier"] is not None else defense.classifier
     if attack.num_classes not in (None, meta["num_classes"]):  # AutoAttack's targeted runs
-        attack = dataclasses.replace(attack, num_classes=meta["num_classes"])
-    batches = shard_batches(len(idx), ev.batch_size, shard)
-    lo, hi = batches.start * ev.batch_size, min(len(idx), batches.stop * ev.batch_size)
-    header = {
-        "schema": SCHEMA,
-        "dataset": meta["dataset"],
-        "split": "test",
-        "profile": profile.name,
-        "protocol": protocol,
-        "indices": {
-            "n": len(idx),
-            "seed": profile.data.eval_seed,
-            "sha256": indices_sha256(idx),
-            "shard": list(shard) if shard else None,
-        },
-        "defense": describe_defense(path, meta, seed),
-        "attack": attack.describe(),
-        "draws": draws,
-        "batch_size": ev.batch_size,
-        "seeding": f"batch b: defense seed * {SEED_STRIDE} + b, attack seed * {SEED_STRIDE} + b",
-    }
-    if amp_enabled(device) and not ATTACKS[attack.name].float32:
-        header["precision"] = BF16  # absent: float32, as in every record before this field
-    if randomness != "fresh":
-        header["randomness"] = randomness  # absent: fresh draws, as in every earlier record
-    out = record_path(
-        settings().results_dir,
-        profile.name,
-        meta["dataset"],
-        header["defense"]["name"],
-        attack.tag(),
-        protocol,
-        shard,
-        _named_n(profile, n),
-        randomness,
-    )
+        run = dataclasses.replace(
+            run, attack=dataclasses.replace(attack, num_classes=meta["num_classes"])
+        )
+    data = _Images.of(meta, run)
+    header = _header(path, meta, run, data)
+    out = run.out(meta["dataset"], header["defense"]["name"])
     record = resume_or_start(out, header)
     if record.get("complete"):
         return record, out
-    start = time.perf_counter() - record.get("wall_s", 0.0)
-    done = -(-len(record["per_sample"]["index"]) // ev.batch_size)  # batches are saved whole
-
-    def keep(first: int, correct: torch.Tensor, trace: dict | None) -> None:
-        nonlocal record
-        positions = range(lo + first, lo + first + correct.shape[1])
-        record["wall_s"] = round(time.perf_counter() - start, 1)
-        record = save_progress(out, record, correct, [idx[p] for p in positions], trace)
-
-    evaluate(
-        target,
-        attack,
-        sub.images[lo:hi],
-        sub.labels[lo:hi],
-        protocol,
-        device,
-        draws,
-        ev.batch_size,
-        first_batch=batches.start,
-        skip_batches=done,
-        defense_seed=seed,
-        randomness=randomness,
-        on_batch=keep,
-    )
+    target = defense if meta["purifier"] is not None else defense.classifier
+    started = time.perf_counter() - record.get("wall_s", 0.0)
+    record = _attack_remaining(record, out, target, run, data, started)
     checks, indicators = {}, {}
-    if sanity and ev.sanity_n and batches.start == 0:
-        # spread over the (sorted) index list: test splits stored by class would bias a prefix
-        picked = list(range(0, hi, max(1, hi // ev.sanity_n)))[: ev.sanity_n]
-        first_draw = record["per_sample"]["first_draw"]
-        white_box = sum(first_draw[p] for p in picked) / len(picked)
-        checks = sanity_checks(
-            target,
-            attack,
-            sub.images[picked],
-            sub.labels[picked],
-            protocol,
-            white_box,
-            device,
-            draws=draws,
-            batch_size=ev.batch_size,
-            square_queries=ev.square_queries,
-            defense_seed=seed,
-            randomness=randomness,
-            identity=(header["defense"]["sha256"], network_digest(defense.classifier)),
-            bare_data=(sub.images[:hi], sub.labels[:hi]),  # shard 0's (all, unsharded)
-        )
-        indicators = attack_indicators(
-            record,
-            attack_target(target, protocol),
-            target,
-            attack,
-            sub.images[picked].to(device).float().div(255),
-            sub.labels[picked].to(device),
-            checks,
-            seed=seed,
-        )
+    if sanity and profile.evaluation.sanity_n and data.batches.start == 0:
+        identity = (header["defense"]["sha256"], network_digest(defense.classifier))
+        checks, indicators = _checks(record, target, run, data, identity)
     verdict = unreliable(checks) if checks else None
     record.update(
         sanity=checks,
         indicators=indicators,
         unreliable=True if marks_unreliable(indicators) else verdict,
         env=environment(device),
-        wall_s=round(time.perf_counter() - start, 1),
+        wall_s=round(time.perf_counter() - started, 1),
         complete=True,
     )
     write_json(out, record)
     return record, out
+
+
+def _clean_copy(path: str | Path, run: _Run) -> tuple[dict, Path]:
+    """The clean record under `run.protocol`: the CLEAN_PROTOCOL record, relabelled, naming its
+    source (`same_as`) and costing no time of its own."""
+    source, source_path = evaluate_defense(
+        path,
+        run.profile,
+        run.attack,
+        protocol=CLEAN_PROTOCOL,
+        device=run.device,
+        n=run.n,
+        draws=run.draws,
+        shard=run.shard,
+        seed=run.seed,
+        randomness=run.randomness,
+    )
+    record = {**source, "protocol": run.protocol, "same_as": source_path.name, "wall_s": 0.0}
+    out = run.out(source["dataset"], source["defense"]["name"])
+    write_json(out, record)
+    return record, out
+
+
+def _header(path: str | Path, meta: dict, run: _Run, data: _Images) -> dict:
+    """What identifies the run: a record resumes only under the very same header."""
+    ev = run.profile.evaluation
+    header = {
+        "schema": SCHEMA,
+        "dataset": meta["dataset"],
+        "split": "test",
+        "profile": run.profile.name,
+        "protocol": run.protocol,
+        "indices": {
+            "n": len(data.indices),
+            "seed": run.profile.data.eval_seed,
+            "sha256": indices_sha256(data.indices),
+            "shard": list(run.shard) if run.shard else None,
+        },
+        "defense": describe_defense(path, meta, run.seed),
+        "attack": run.attack.describe(),
+        "draws": run.draws,
+        "batch_size": ev.batch_size,
+        "seeding": f"batch b: defense seed * {SEED_STRIDE} + b, attack seed * {SEED_STRIDE} + b",
+    }
+    if amp_enabled(run.device) and not ATTACKS[run.attack.name].float32:
+        header["precision"] = BF16  # absent: float32, as in every record before this field
+    if run.randomness != "fresh":
+        header["randomness"] = run.randomness  # absent: fresh draws, as in every earlier record
+    return header
+
+
+def _attack_remaining(
+    record: dict, out: Path, target: nn.Module, run: _Run, data: _Images, started: float
+) -> dict:
+    """Attack and judge the shard's batches the record does not hold yet, saving after each."""
+    batch_size = run.profile.evaluation.batch_size
+    done = -(-len(record["per_sample"]["index"]) // batch_size)  # batches are saved whole
+
+    def keep(first: int, correct: torch.Tensor, trace: dict | None) -> None:
+        nonlocal record
+        positions = range(data.lo + first, data.lo + first + correct.shape[1])
+        record["wall_s"] = round(time.perf_counter() - started, 1)
+        record = save_progress(out, record, correct, [data.indices[p] for p in positions], trace)
+
+    evaluate(
+        target,
+        run.attack,
+        data.images[data.lo : data.hi],
+        data.labels[data.lo : data.hi],
+        run.protocol,
+        run.device,
+        run.draws,
+        batch_size,
+        first_batch=data.batches.start,
+        skip_batches=done,
+        defense_seed=run.seed,
+        randomness=run.randomness,
+        on_batch=keep,
+    )
+    return record
+
+
+def _checks(
+    record: dict, target: nn.Module, run: _Run, data: _Images, identity: tuple[str, str]
+) -> tuple[dict, dict]:
+    """The sanity checks and the attack-failure indicators, on `sanity_n` images spread over the
+    (sorted) index list: test splits stored by class would bias a prefix."""
+    ev = run.profile.evaluation
+    picked = list(range(0, data.hi, max(1, data.hi // ev.sanity_n)))[: ev.sanity_n]
+    first_draw = record["per_sample"]["first_draw"]
+    white_box = sum(first_draw[p] for p in picked) / len(picked)
+    checks = sanity_checks(
+        target,
+        run.attack,
+        data.images[picked],
+        data.labels[picked],
+        run.protocol,
+        white_box,
+        run.device,
+        draws=run.draws,
+        batch_size=ev.batch_size,
+        square_queries=ev.square_queries,
+        defense_seed=run.seed,
+        randomness=run.randomness,
+        identity=identity,
+        bare_data=(data.images[: data.hi], data.labels[: data.hi]),  # shard 0's (all, unsharded)
+    )
+    indicators = attack_indicators(
+        record,
+        attack_target(target, run.protocol),
+        target,
+        run.attack,
+        data.images[picked].to(run.device).float().div(255),
+        data.labels[picked].to(run.device),
+        checks,
+        seed=run.seed,
+    )
+    return checks, indicators
