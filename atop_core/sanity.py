@@ -12,6 +12,7 @@ check that does not apply says why instead of passing.
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +76,41 @@ def _no_higher(white_box: float, other: float, n: int) -> bool:
     return white_box <= wilson_interval(round(other * n), n)[1]
 
 
+@dataclass(frozen=True)
+class _Checking:
+    """What every check of one record shares: the defense, the record's attack and its
+    white-box accuracy on `data`, and how each check's own attack runs (`run_kw`)."""
+
+    defense: nn.Module
+    attack: AttackConfig
+    data: tuple[Tensor, Tensor]
+    protocol: str
+    white_box: float
+    run_kw: dict
+    identity: tuple[str, str] | tuple[None, None]
+
+    def accuracy(
+        self,
+        attack: AttackConfig,
+        protocol: str | None = None,
+        model: nn.Module | None = None,
+        data: tuple[Tensor, Tensor] | None = None,
+    ) -> float:
+        """Single-draw accuracy under `attack` (of the defense, unless `model` is given)."""
+        whole, bare = self.identity
+        return _accuracy(
+            self.defense if model is None else model,
+            attack,
+            self.data if data is None else data,
+            protocol or self.protocol,
+            whole if model is None else bare,
+            **self.run_kw,
+        )
+
+    def no_higher_than(self, other: float) -> bool:
+        return _no_higher(self.white_box, other, len(self.data[0]))
+
+
 def sanity_checks(
     defense: nn.Module,
     attack: AttackConfig,
@@ -99,71 +135,90 @@ def sanity_checks(
     purifier and one draw make it cheap, and on 8 images one survivor decides it). `randomness`
     is the record's (frozen: every check shares each image's one draw). Returns
     {check: {"passed": bool | None, ...}}."""
-    n, data = len(images), (images, labels)
-    kw = {"device": device, "draws": draws, "batch_size": batch_size, "defense_seed": defense_seed}
-    kw["randomness"] = randomness  # the checks see the record's randomness
-    whole, bare = identity or (None, None)
-    name, norm = attack.name, attack.norm
-    checks: dict[str, dict] = {}
-    if name == "clean":
+    if attack.name == "clean":
         return {"all": {"passed": None, "reason": "clean accuracy is not an attack"}}
+    run_kw = {"device": device, "draws": draws, "batch_size": batch_size}
+    run_kw |= {"defense_seed": defense_seed, "randomness": randomness}  # the record's randomness
+    ctx = _Checking(
+        defense, attack, (images, labels), protocol, white_box, run_kw, identity or (None, None)
+    )
+    return {
+        "large_eps": _large_eps(ctx),
+        "more_budget": _more_budget(ctx),
+        "transfer": _transfer(ctx),
+        "square": _square(ctx, square_queries),
+        "bare_classifier": _bare_classifier(ctx, bare_data or ctx.data),
+    }
 
-    if name in ITERATIVE:
-        huge = (
-            min(1.0, attack.eps * LARGE_EPS_FACTOR)
-            if norm == "linf"
-            else attack.eps * LARGE_EPS_FACTOR
-        )
-        cfg = dataclasses.replace(attack, eps=huge, alpha=None)  # alpha follows the new eps
-        acc = _accuracy(defense, cfg, data, protocol, whole, **kw)
-        checks["large_eps"] = {"passed": acc <= NEAR_ZERO, "accuracy": acc, "eps": huge}
-    elif name in MORE_BUDGET_ONLY:
-        reason = f"{name}'s steps cannot reach 16x its bound"
-        checks["large_eps"] = {"passed": None, "reason": reason}
-    else:
-        reason = f"{name} is not an iterative gradient attack"
-        checks["large_eps"] = checks["more_budget"] = {"passed": None, "reason": reason}
-    if name in (*ITERATIVE, *MORE_BUDGET_ONLY):
-        more = dataclasses.replace(attack, steps=attack.steps * 2, eot=attack.eot * 2)
-        acc = _accuracy(defense, more, data, protocol, whole, **kw)
-        checks["more_budget"] = {
-            "passed": _no_higher(acc, white_box, n),
-            "accuracy": acc,
-            "reference": white_box,
-            "steps": more.steps,
-            "eot": more.eot,
-        }
 
-    if name in NORM_BOUNDED and protocol == "whole-model" and isinstance(defense, DefendedModel):
-        acc = _accuracy(defense, attack, data, "classifier-only", whole, **kw)
-        checks["transfer"] = {"passed": _no_higher(white_box, acc, n), "accuracy": acc}
-    else:
-        checks["transfer"] = {"passed": None, "reason": "needs a whole-model run on a purifier"}
+def _large_eps(ctx: _Checking) -> dict:
+    """At 16x the budget an iterative gradient attack must drive accuracy to near zero."""
+    name, attack = ctx.attack.name, ctx.attack
+    if name in MORE_BUDGET_ONLY:
+        return {"passed": None, "reason": f"{name}'s steps cannot reach 16x its bound"}
+    if name not in ITERATIVE:
+        return {"passed": None, "reason": f"{name} is not an iterative gradient attack"}
+    huge = attack.eps * LARGE_EPS_FACTOR
+    huge = min(1.0, huge) if attack.norm == "linf" else huge
+    acc = ctx.accuracy(dataclasses.replace(attack, eps=huge, alpha=None))  # alpha follows eps
+    return {"passed": acc <= NEAR_ZERO, "accuracy": acc, "eps": huge}
 
-    if name in NORM_BOUNDED:
-        square = AttackConfig(
-            name="square" if norm == "linf" else "square-l2",
-            eps=attack.eps,
-            queries=square_queries,
-            seed=attack.seed,
-        )
-        acc = _accuracy(defense, square, data, protocol, whole, **kw)
-        checks["square"] = {"passed": _no_higher(white_box, acc, n), "accuracy": acc}
-    else:
-        checks["square"] = {"passed": None, "reason": f"{name} has no norm ball to match"}
 
-    if name in BARE_CHECKED and isinstance(defense, DefendedModel) and defense.purifier is not None:
-        bare_data = bare_data or data
-        acc = _accuracy(defense.classifier, attack, bare_data, "whole-model", bare, **kw)
-        checks["bare_classifier"] = {
-            "passed": acc <= NEAR_ZERO,
-            "accuracy": acc,
-            "n": len(bare_data[0]),
-        }
-    else:
+def _more_budget(ctx: _Checking) -> dict:
+    """Twice the steps and draws must not find fewer adversarial examples."""
+    name, attack = ctx.attack.name, ctx.attack
+    if name not in (*ITERATIVE, *MORE_BUDGET_ONLY):
+        return {"passed": None, "reason": f"{name} is not an iterative gradient attack"}
+    more = dataclasses.replace(attack, steps=attack.steps * 2, eot=attack.eot * 2)
+    acc = ctx.accuracy(more)
+    return {
+        "passed": _no_higher(acc, ctx.white_box, len(ctx.data[0])),
+        "accuracy": acc,
+        "reference": ctx.white_box,
+        "steps": more.steps,
+        "eot": more.eot,
+    }
+
+
+def _transfer(ctx: _Checking) -> dict:
+    """The whole-model attack must be no weaker than the same attack on the classifier alone."""
+    if not (
+        ctx.attack.name in NORM_BOUNDED
+        and ctx.protocol == "whole-model"
+        and isinstance(ctx.defense, DefendedModel)
+    ):
+        return {"passed": None, "reason": "needs a whole-model run on a purifier"}
+    acc = ctx.accuracy(ctx.attack, protocol="classifier-only")
+    return {"passed": ctx.no_higher_than(acc), "accuracy": acc}
+
+
+def _square(ctx: _Checking, queries: int) -> dict:
+    """The gradient attack must be no weaker than Square, a black-box attack in the same ball."""
+    attack = ctx.attack
+    if attack.name not in NORM_BOUNDED:
+        return {"passed": None, "reason": f"{attack.name} has no norm ball to match"}
+    square = AttackConfig(
+        name="square" if attack.norm == "linf" else "square-l2",
+        eps=attack.eps,
+        queries=queries,
+        seed=attack.seed,
+    )
+    acc = ctx.accuracy(square)
+    return {"passed": ctx.no_higher_than(acc), "accuracy": acc}
+
+
+def _bare_classifier(ctx: _Checking, data: tuple[Tensor, Tensor]) -> dict:
+    """The attack must break the undefended classifier behind the purifier."""
+    defense = ctx.defense
+    if not (
+        ctx.attack.name in BARE_CHECKED
+        and isinstance(defense, DefendedModel)
+        and defense.purifier is not None
+    ):
         reason = "needs a purifier and an attack that breaks undefended classifiers"
-        checks["bare_classifier"] = {"passed": None, "reason": reason}
-    return checks
+        return {"passed": None, "reason": reason}
+    acc = ctx.accuracy(ctx.attack, "whole-model", model=defense.classifier, data=data)
+    return {"passed": acc <= NEAR_ZERO, "accuracy": acc, "n": len(data[0])}
 
 
 def unreliable(checks: dict) -> bool | None:
