@@ -329,83 +329,86 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
     data = load_bundle(profile, dataset)
     classifier = get_classifier(profile, data, device)
     cls_acc = accuracy(classifier, *_eval(data), device)
-    common = {"dataset": dataset, "num_classes": data.num_classes, "image_size": data.image_size}
-    none = dataclasses.replace(profile.transform, kind="none")
-    saved = [
-        save_defense(
-            defense_path(profile, dataset, "none", "none", False),
-            classifier,
-            None,
-            classifier_cfg=profile.classifier,
-            purifier_cfg=None,
-            transform_cfg=none,
-            atop=False,
-            **common,
-            extra=_extra(profile, cls_acc, cls_acc, data, None, []),
-        )
-    ]
+    saved = [_save_classifier_defense(profile, data, "plain", classifier, cls_acc, cls_acc)]
     for adv in profile.baselines:
         robust = get_classifier(profile, data, device, adv=adv)
-        saved.append(
-            save_defense(
-                stage_dir(profile, dataset) / f"defense-none-none-at-{adv}.pt",
-                robust,
-                None,
-                classifier_cfg=_classifier_cfg(profile, adv),
-                purifier_cfg=None,
-                transform_cfg=none,
-                atop=False,
-                **common,
-                extra=_extra(
-                    profile, cls_acc, accuracy(robust, *_eval(data), device), data, None, []
-                ),
-            )
-        )
+        acc = accuracy(robust, *_eval(data), device)
+        saved.append(_save_classifier_defense(profile, data, adv, robust, cls_acc, acc))
     for kind in profile.purifiers:
         for rt in profile.transforms:
             for atop in (False, True):
-                path = defense_path(profile, dataset, kind, rt, atop)
-                made_from = [
-                    classifier_path(profile, data).stem,
-                    (finetune_path if atop else pretrain_path)(profile, kind, rt, data).stem,
-                    as_dict(defense_transform(profile, rt)),
-                ]
-                if (done := current_sidecar(path, "made_from", made_from)) is not None:
-                    saved.append(done)  # its checkpoints are unchanged: skip the re-evaluation
-                    continue
-                get = get_finetuned if atop else get_pretrained
-                state = get(profile, kind, rt, data, classifier, device)
-                purifier = state.models["purifier"]
-                t_cfg = defense_transform(profile, rt)
-                acc = _defense_acc(classifier, purifier, t_cfg, data, device, 0)
                 saved.append(
-                    save_defense(
-                        path,
-                        classifier,
-                        purifier,
-                        classifier_cfg=profile.classifier,
-                        transform_cfg=t_cfg,
-                        atop=atop,
-                        purifier_cfg=dataclasses.replace(profile.purifier, kind=kind),
-                        **common,
-                        extra={
-                            **_extra(
-                                profile,
-                                cls_acc,
-                                acc,
-                                data,
-                                profile.finetune if atop else None,
-                                state.log,
-                            ),
-                            "made_from": made_from,
-                        },
-                    )
+                    _purified_defense(profile, data, kind, rt, atop, classifier, cls_acc, device)
                 )
     write_json(
         stage_dir(profile, dataset) / "defenses.json",
         [{k: v for k, v in s.items() if k != "training_log"} for s in saved],
     )
     return saved
+
+
+def _common(data: DataBundle) -> dict:
+    return {"dataset": data.name, "num_classes": data.num_classes, "image_size": data.image_size}
+
+
+def _save_classifier_defense(
+    profile: Profile, data: DataBundle, adv: str, model: nn.Module, cls_acc: float, acc: float
+) -> dict:
+    """The bare classifier ("plain") or an adversarially trained baseline as a defense."""
+    name = "defense-none-none-plain.pt" if adv == "plain" else f"defense-none-none-at-{adv}.pt"
+    return save_defense(
+        stage_dir(profile, data.name) / name,
+        model,
+        None,
+        classifier_cfg=profile.classifier if adv == "plain" else _classifier_cfg(profile, adv),
+        purifier_cfg=None,
+        transform_cfg=dataclasses.replace(profile.transform, kind="none"),
+        atop=False,
+        **_common(data),
+        extra=_extra(profile, cls_acc, acc, data, None, []),
+    )
+
+
+def _purified_defense(
+    profile: Profile,
+    data: DataBundle,
+    kind: str,
+    rt: str,
+    atop: bool,
+    classifier: nn.Module,
+    cls_acc: float,
+    device: torch.device,
+) -> dict:
+    """The classifier behind purifier `kind` with transform `rt`, pretrained or (atop)
+    fine-tuned; a saved defense made from unchanged checkpoints is reused as it is."""
+    path = defense_path(profile, data.name, kind, rt, atop)
+    made_from = [
+        classifier_path(profile, data).stem,
+        (finetune_path if atop else pretrain_path)(profile, kind, rt, data).stem,
+        as_dict(defense_transform(profile, rt)),
+    ]
+    if (done := current_sidecar(path, "made_from", made_from)) is not None:
+        return done  # its checkpoints are unchanged: skip the re-evaluation
+    get = get_finetuned if atop else get_pretrained
+    state = get(profile, kind, rt, data, classifier, device)
+    purifier = state.models["purifier"]
+    t_cfg = defense_transform(profile, rt)
+    acc = _defense_acc(classifier, purifier, t_cfg, data, device, 0)
+    finetune = profile.finetune if atop else None
+    return save_defense(
+        path,
+        classifier,
+        purifier,
+        classifier_cfg=profile.classifier,
+        transform_cfg=t_cfg,
+        atop=atop,
+        purifier_cfg=dataclasses.replace(profile.purifier, kind=kind),
+        **_common(data),
+        extra={
+            **_extra(profile, cls_acc, acc, data, finetune, state.log),
+            "made_from": made_from,
+        },
+    )
 
 
 def _extra(profile: Profile, cls_acc: float, acc: float, data: DataBundle, finetune, log) -> dict:
