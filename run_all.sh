@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every table, figure and REPORT.md at one profile (default: quick, DESIGN §5-6).
+# Regenerate every table, figure and REPORT.md at one profile (default: quick; profiles in README.md).
 #   bash run_all.sh [--profile smoke|quick|paper] [--datasets cifar10,imagenette] [--jobs N]
 #                   [--from data|train|notebooks|report] [--data-dir DIR] [--device auto|cpu|cuda]
 #                   [--amp auto|on|off] [--notebooks DIR] [--force]

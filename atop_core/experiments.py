@@ -210,7 +210,7 @@ def evaluate_suite(
 
 
 def adaptive_suite(profile: Profile, protocol: str = "whole-model") -> list[AttackConfig]:
-    """The headline comparison (issue 4): full-gradient PGD-EOT and BPDA+EOT on the whole
+    """The headline comparison: full-gradient PGD-EOT and BPDA+EOT on the whole
     model, or PGD on the bare classifier, all at the profile's steps and EOT."""
     steps = profile.evaluation.steps
     if protocol == "classifier-only":

@@ -1,20 +1,16 @@
 #!/usr/bin/env bash
-# The device check for a session that the `device` tool lends a GPU (one H100 or H200, 15 minutes
-# of device time in all). Prepared on 2026-11-30 on a machine without a GPU: NOT YET RUN.
-# It writes into $OUT (the device tool's folder; else bench/results):
+# Measure this project on one CUDA GPU in a few minutes, for docs/performance.md:
 #   1. roofline + eval: the card's measured bf16 matmul and convolution peaks, and PGD-EOT images/s
 #      at the quick and paper architectures under bf16 autocast (the library's default on CUDA),
-#      each eval row with its fraction_of_conv_peak of that bf16 peak (issue 6's GPU figure);
+#      each eval row with its fraction_of_conv_peak of that bf16 peak;
 #   2. precision: the same attack's speed in float32 and bf16, and the bf16 gradient's fidelity
-#      on the quick RT2 + AToP checkpoints when they are carried (a quick run_all.sh makes them).
-# Before the call, here, once: the device image has PyTorch (not our pin) but no torchattacks:
-#   echo /.whl/ >> .git/info/exclude
+#      on the quick RT2 + AToP checkpoints when present (a quick run_all.sh makes them).
+# Results go to $OUT (default bench/results). Made for an offline GPU machine that has PyTorch but
+# not this project's other dependencies: put torchattacks' wheel in .whl/ first, where online:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl torchattacks==3.5.1
-# then: run(command="bash scripts/gpu_check.sh", timeout_s=540, carry=[".whl",
-#   "checkpoints/quick/cifar10/defense-gan-rt2-atop.pt", "checkpoints/quick/cifar10/defense-gan-
-#   rt2-atop.json", and the same two for defense-ae-rt2-atop]) (all of checkpoints/quick is
-#   69 MB, over the 64 MiB a call carries), and give_back unless rerunning at once.
+# then copy the checkout (with .whl/ and, optionally, checkpoints/quick/cifar10/defense-*-rt2-atop.*)
+# to the GPU machine and run `bash scripts/gpu_check.sh` from its root.
 set -uo pipefail
 out="${OUT:-bench/results}"
 mkdir -p "$out"

@@ -1,4 +1,4 @@
-"""What the figures show (issue 5): the missing-rate × mix-number quantities, the stages of one
+"""What the figures show: the missing-rate × mix-number quantities, the stages of one
 transform draw, purified examples, and records as a table."""
 
 import math

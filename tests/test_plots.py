@@ -1,4 +1,4 @@
-"""Figures (issue 5): each returns a labelled Figure from small synthetic data, and
+"""Figures: each returns a labelled Figure from small synthetic data, and
 `save_figure` writes PNG and PDF whole or not at all."""
 
 import matplotlib

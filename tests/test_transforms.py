@@ -1,4 +1,4 @@
-"""Exactness of the random transforms (issue 3): fractions, grid alignment, partitions, seeds."""
+"""Exactness of the random transforms: fractions, grid alignment, partitions, seeds."""
 
 import pytest
 import torch
