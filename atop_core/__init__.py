@@ -5,14 +5,17 @@ from atop_core.data import DATASETS, eval_indices, load_dataset
 from atop_core.defense import DefendedModel, load_defense
 from atop_core.pipeline import train_chain
 from atop_core.transforms import RandomTransform
+from atop_core.user_defense import ModuleDefense, evaluate
 
 __all__ = [
     "DATASETS",
     "PROFILES",
     "DefendedModel",
+    "ModuleDefense",
     "RandomTransform",
     "TransformConfig",
     "eval_indices",
+    "evaluate",
     "get_profile",
     "load_dataset",
     "load_defense",

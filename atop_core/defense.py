@@ -34,16 +34,63 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-class DefendedModel(nn.Module):
-    """[0,1] images (B, C, H, W) -> logits (B, classes).
+class RandomDefense(nn.Module):
+    """What the harness attacks and judges: [0,1] images (B, C, H, W) -> logits (B, classes),
+    random or not, with its randomness reseeded per batch (`reseed`) so a rerun repeats it.
 
-    mode "eot": mean logits over `eot` draws of the transform (differentiable).
+    mode "eot": mean logits over `eot` draws (differentiable).
     mode "vote": majority vote over `eot` draws, returned as vote fractions (ties go to the class
     with the higher mean probability); use it to judge a defense, not to attack it.
-    frozen: every call restarts the transform's stream, so each image of a batch gets the same
-    noise and masks in every pass and draw (the frozen-randomness diagnostic: the attack and the
-    judge see one fixed draw, and what is left is the purifier's robustness).
+    frozen: every call repeats the same draw (the frozen-randomness diagnostic: the attack and the
+    judge see one fixed draw per image).
+    `classifier`: the part the classifier-only protocol attacks, or None when not known.
     """
+
+    classifier: nn.Module | None
+
+    def __init__(self, eot: int = 1, mode: str = "eot") -> None:
+        super().__init__()
+        if eot < 1:
+            raise ValueError(f"eot must be >= 1 draw, got {eot}")
+        if mode not in DEFENSE_MODES:
+            raise ValueError(f"unknown defense mode {mode!r}; known: {', '.join(DEFENSE_MODES)}")
+        self.eot, self.mode = eot, mode
+        self.frozen = False
+        self.deterministic = False  # no randomness at all: one draw stands for every draw
+
+    @property
+    def one_draw(self) -> bool:
+        """Every draw is the same (frozen or deterministic): attacks and checks need one."""
+        return self.frozen or self.deterministic
+
+    def reseed(self, seed: int) -> None:
+        """Restart the defense's randomness from `seed`."""
+        raise NotImplementedError
+
+    def draw_logits(self, x: Tensor, draws: int) -> Tensor:
+        """(draws, B, classes): logits of `draws` independent draws (frozen: one, repeated)."""
+        raise NotImplementedError
+
+    @property
+    def bare_classifier(self) -> nn.Module | None:
+        """The classifier behind a purification, which an attack must break on its own (the
+        sanity check), or None when there is no such pair."""
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.draw_logits(x, self.eot)
+        if self.mode == "eot":
+            return logits.mean(0)
+        votes = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float().mean(0)
+        tie_break = logits.softmax(-1).mean(0) / (self.eot + 1)  # < one vote's weight
+        return votes + tie_break
+
+
+class DefendedModel(RandomDefense):
+    """x ↦ f(g(t(x))): the random transform t, the purifier g (or none), the frozen classifier f.
+    Its draws are batched (the batch is repeated `draws` times and run in one forward); frozen,
+    every call restarts the transform's stream, so each image gets the same noise and masks in
+    every pass and draw, and what is left is the purifier's robustness."""
 
     def __init__(
         self,
@@ -53,21 +100,22 @@ class DefendedModel(nn.Module):
         eot: int = 1,
         mode: str = "eot",
     ) -> None:
-        super().__init__()
-        if eot < 1:
-            raise ValueError(f"eot must be >= 1 draw, got {eot}")
-        if mode not in DEFENSE_MODES:
-            raise ValueError(f"unknown defense mode {mode!r}; known: {', '.join(DEFENSE_MODES)}")
+        super().__init__(eot, mode)
         self.classifier = freeze(classifier)
         self.purifier = purifier
         self.transform = transform
-        self.eot, self.mode = eot, mode
-        self.frozen = False
 
     def train(self, mode: bool = True) -> "DefendedModel":
         super().train(mode)
         self.classifier.eval()  # frozen, whatever the caller asks of the rest
         return self
+
+    def reseed(self, seed: int) -> None:
+        self.transform.seed(seed)
+
+    @property
+    def bare_classifier(self) -> nn.Module | None:
+        return self.classifier if self.purifier is not None else None
 
     def purify(self, x: Tensor) -> Tensor:
         """g(t(x)) for one draw per image: the image the classifier sees. With a purifier that
@@ -80,20 +128,10 @@ class DefendedModel(nn.Module):
         return resize_to(self.transform.combine(filled, keep), x.shape[-2:])
 
     def draw_logits(self, x: Tensor, draws: int) -> Tensor:
-        """(draws, B, classes): logits of `draws` independent transform draws, in one batch
-        (frozen: one draw, repeated)."""
         if self.frozen:
             return self.classifier(self.purify(x)).expand(draws, -1, -1)
         repeated = x.repeat(draws, 1, 1, 1) if draws > 1 else x
         return self.classifier(self.purify(repeated)).view(draws, x.shape[0], -1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.draw_logits(x, self.eot)
-        if self.mode == "eot":
-            return logits.mean(0)
-        votes = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float().mean(0)
-        tie_break = logits.softmax(-1).mean(0) / (self.eot + 1)  # < one vote's weight
-        return votes + tie_break
 
 
 # --- saving and loading -----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from atop_core.records import (
     record_path,
     resume_or_start,
     save_progress,
+    start_record,
 )
 from atop_core.sanity import network_digest, sanity_checks, unreliable
 
@@ -61,7 +62,7 @@ CLEAN_PROTOCOL = "whole-model"
 
 
 @dataclass(frozen=True)
-class _Run:
+class EvalRun:
     """One evaluation's choices, as `evaluate_defense` takes them (draws resolved)."""
 
     profile: Profile
@@ -91,7 +92,7 @@ class _Run:
 
 
 @dataclass(frozen=True)
-class _Images:
+class EvalImages:
     """The fixed evaluation images (uint8) and their indices, and the slice one shard attacks."""
 
     images: torch.Tensor
@@ -102,10 +103,11 @@ class _Images:
     hi: int
 
     @classmethod
-    def of(cls, meta: dict, run: _Run) -> "_Images":
+    def of(cls, dataset: str, image_size: int, run: EvalRun) -> "EvalImages":
+        """The profile's fixed images of `dataset` at `image_size` (as the defense was trained)."""
         ev, data = run.profile.evaluation, run.profile.data
-        test = shrink(load_dataset(meta["dataset"], "test"), meta["image_size"])  # as trained
-        sub, idx = eval_subset(meta["dataset"], test, run.n or data.n_eval, data.eval_seed)
+        test = shrink(load_dataset(dataset, "test"), image_size)
+        sub, idx = eval_subset(dataset, test, run.n or data.n_eval, data.eval_seed)
         batches = shard_batches(len(idx), ev.batch_size, run.shard)
         lo, hi = batches.start * ev.batch_size, min(len(idx), batches.stop * ev.batch_size)
         return cls(sub.images, sub.labels, idx, batches, lo, hi)
@@ -131,44 +133,69 @@ def evaluate_defense(
     check_protocol(protocol)
     check_randomness(randomness)
     draws = draws or profile.evaluation.draws
-    run = _Run(profile, attack, protocol, device, n, draws, shard, seed, randomness)
+    run = EvalRun(profile, attack, protocol, device, n, draws, shard, seed, randomness)
     if attack.name == "clean" and protocol != CLEAN_PROTOCOL:
         return _clean_copy(path, run)
     # Not channels_last, though bench measured it 1.1x faster: torchattacks' L2 attacks flatten
     # input gradients with .view, which fails on the channels_last gradients it would produce.
     defense = load_defense(path, device, seed=seed)
     meta = defense.meta
-    if attack.num_classes not in (None, meta["num_classes"]):  # AutoAttack's targeted runs
-        run = dataclasses.replace(
-            run, attack=dataclasses.replace(attack, num_classes=meta["num_classes"])
-        )
-    data = _Images.of(meta, run)
-    header = _header(path, meta, run, data)
-    out = run.out(meta["dataset"], header["defense"]["name"])
-    record = resume_or_start(out, header)
+    described = describe_defense(path, meta, seed)
+    subject = Subject(
+        model=defense if meta["purifier"] is not None else defense.classifier,
+        described=described,
+        dataset=meta["dataset"],
+        num_classes=meta["num_classes"],
+        identity=(described["sha256"], network_digest(defense.classifier)),
+    )
+    data = EvalImages.of(meta["dataset"], meta["image_size"], run)
+    return evaluate_subject(subject, run, data, run.out(meta["dataset"], described["name"]), sanity)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is evaluated: the model attacked and judged, its description in the record, and the
+    (defense, bare classifier) digests under which repeated sanity checks are shared."""
+
+    model: nn.Module
+    described: dict
+    dataset: str
+    num_classes: int
+    identity: tuple[str, str | None]
+
+
+def evaluate_subject(
+    subject: Subject, run: EvalRun, data: EvalImages, out: Path | None, sanity: bool = True
+) -> tuple[dict, Path | None]:
+    """Attack and judge `subject` on `data`, resuming the record at `out` (None: kept in memory
+    only), then run the checks; returns the complete record and `out`."""
+    if run.attack.num_classes not in (None, subject.num_classes):  # AutoAttack's targeted runs
+        attack = dataclasses.replace(run.attack, num_classes=subject.num_classes)
+        run = dataclasses.replace(run, attack=attack)
+    header = _header(subject, run, data)
+    record = resume_or_start(out, header) if out is not None else start_record(header)
     if record.get("complete"):
         return record, out
-    target = defense if meta["purifier"] is not None else defense.classifier
     started = time.perf_counter() - record.get("wall_s", 0.0)
-    record = _attack_remaining(record, out, target, run, data, started)
+    record = _attack_remaining(record, out, subject.model, run, data, started)
     checks, indicators = {}, {}
-    if sanity and profile.evaluation.sanity_n and data.batches.start == 0:
-        identity = (header["defense"]["sha256"], network_digest(defense.classifier))
-        checks, indicators = _checks(record, target, run, data, identity)
+    if sanity and run.profile.evaluation.sanity_n and data.batches.start == 0:
+        checks, indicators = _checks(record, subject.model, run, data, subject.identity)
     verdict = unreliable(checks) if checks else None
     record.update(
         sanity=checks,
         indicators=indicators,
         unreliable=True if marks_unreliable(indicators) else verdict,
-        env=environment(device),
+        env=environment(run.device),
         wall_s=round(time.perf_counter() - started, 1),
         complete=True,
     )
-    write_json(out, record)
+    if out is not None:
+        write_json(out, record)
     return record, out
 
 
-def _clean_copy(path: str | Path, run: _Run) -> tuple[dict, Path]:
+def _clean_copy(path: str | Path, run: EvalRun) -> tuple[dict, Path]:
     """The clean record under `run.protocol`: the CLEAN_PROTOCOL record, relabelled, naming its
     source (`same_as`) and costing no time of its own."""
     source, source_path = evaluate_defense(
@@ -189,12 +216,12 @@ def _clean_copy(path: str | Path, run: _Run) -> tuple[dict, Path]:
     return record, out
 
 
-def _header(path: str | Path, meta: dict, run: _Run, data: _Images) -> dict:
+def _header(subject: Subject, run: EvalRun, data: EvalImages) -> dict:
     """What identifies the run: a record resumes only under the very same header."""
     ev = run.profile.evaluation
     header = {
         "schema": SCHEMA,
-        "dataset": meta["dataset"],
+        "dataset": subject.dataset,
         "split": "test",
         "profile": run.profile.name,
         "protocol": run.protocol,
@@ -204,7 +231,7 @@ def _header(path: str | Path, meta: dict, run: _Run, data: _Images) -> dict:
             "sha256": indices_sha256(data.indices),
             "shard": list(run.shard) if run.shard else None,
         },
-        "defense": describe_defense(path, meta, run.seed),
+        "defense": subject.described,
         "attack": run.attack.describe(),
         "draws": run.draws,
         "batch_size": ev.batch_size,
@@ -218,7 +245,12 @@ def _header(path: str | Path, meta: dict, run: _Run, data: _Images) -> dict:
 
 
 def _attack_remaining(
-    record: dict, out: Path, target: nn.Module, run: _Run, data: _Images, started: float
+    record: dict,
+    out: Path | None,
+    target: nn.Module,
+    run: EvalRun,
+    data: EvalImages,
+    started: float,
 ) -> dict:
     """Attack and judge the shard's batches the record does not hold yet, saving after each."""
     batch_size = run.profile.evaluation.batch_size
@@ -249,7 +281,11 @@ def _attack_remaining(
 
 
 def _checks(
-    record: dict, target: nn.Module, run: _Run, data: _Images, identity: tuple[str, str]
+    record: dict,
+    target: nn.Module,
+    run: EvalRun,
+    data: EvalImages,
+    identity: tuple[str, str | None],
 ) -> tuple[dict, dict]:
     """The sanity checks and the attack-failure indicators, on `sanity_n` images spread over the
     (sorted) index list: test splits stored by class would bias a prefix."""

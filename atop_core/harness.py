@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from atop_core.attacks import AttackConfig, run_attack
 from atop_core.attacks.trace import tracing
 from atop_core.config import SEED_STRIDE
-from atop_core.defense import DefendedModel
+from atop_core.defense import RandomDefense
 from atop_core.progress import progress
 from atop_core.records import append_outcomes, summarize_outcomes
 
@@ -46,7 +46,7 @@ def batch_seed(seed: int, batch: int) -> int:
 @torch.no_grad()
 def judge(defense: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     """(draws, B) bool: whether each draw of the defense classifies each image correctly."""
-    if isinstance(defense, DefendedModel):
+    if isinstance(defense, RandomDefense):
         return defense.draw_logits(x, draws).argmax(-1) == y
     return (defense(x).argmax(-1) == y).expand(draws, -1)
 
@@ -55,7 +55,12 @@ def attack_target(defense: nn.Module, protocol: str) -> nn.Module:
     """What the attacker differentiates: the whole defense, or (classifier-only, the authors'
     ablation protocol, BPDA with the identity) the bare classifier, purified afterwards."""
     check_protocol(protocol)
-    if protocol == "classifier-only" and isinstance(defense, DefendedModel):
+    if protocol == "classifier-only" and isinstance(defense, RandomDefense):
+        if defense.classifier is None:
+            raise ValueError(
+                "the classifier-only protocol attacks the classifier inside the defense, and "
+                "this one names none: pass classifier=<the module inside it> (or use whole-model)"
+            )
         return defense.classifier
     return defense
 
@@ -72,8 +77,8 @@ def attack_and_judge(
 ) -> tuple[Tensor, dict | None]:
     """(draws, B) outcomes of one batch, seeded by its global position `batch`, and the
     attack's trace (None for attacks that do not mark their steps)."""
-    if isinstance(defense, DefendedModel):
-        defense.transform.seed(batch_seed(defense_seed, batch))
+    if isinstance(defense, RandomDefense):
+        defense.reseed(batch_seed(defense_seed, batch))
     cfg = dataclasses.replace(attack, seed=batch_seed(attack.seed, batch))
     with tracing() as trace:
         x_adv = run_attack(attack_target(defense, protocol), cfg, x, y)
@@ -125,8 +130,8 @@ def evaluate(
 
 @contextmanager
 def frozen(defense: nn.Module, on: bool) -> Iterator[None]:
-    """A DefendedModel's randomness frozen (one draw per image) while inside, if `on`."""
-    if not isinstance(defense, DefendedModel):
+    """A defense's randomness frozen (one draw per image) while inside, if `on`."""
+    if not isinstance(defense, RandomDefense):
         yield
         return
     saved, defense.frozen = defense.frozen, on

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from atop_core.attacks import AttackConfig, bpda_loss, eot_loss
 from atop_core.attacks.trace import untraced
-from atop_core.defense import DefendedModel
+from atop_core.defense import RandomDefense
 from atop_core.harness import batch_seed, frozen
 
 SILENT_SUCCESS_RATE = 0.02  # fires above 2% of the traced images
@@ -105,7 +105,7 @@ def unavailable_gradients(
 @torch.no_grad()
 def unstable_predictions(defense: nn.Module, x: Tensor, y: Tensor, eot: int) -> dict:
     """The loss's spread over PROBE_DRAWS draws at each image, and that of an `eot`-draw mean."""
-    if not isinstance(defense, DefendedModel) or defense.frozen:
+    if not isinstance(defense, RandomDefense) or defense.one_draw:
         return _verdict(False, "", variation=0.0, eot=eot)
     with untraced():
         logits = defense.draw_logits(x, PROBE_DRAWS).float()
@@ -159,8 +159,8 @@ def attack_indicators(
     if attack.name == "clean":
         return {name: _not_applicable("clean accuracy is not an attack") for name in INDICATORS}
     frozen_run = record.get("randomness") == "frozen"
-    if isinstance(judged, DefendedModel):
-        judged.transform.seed(batch_seed(seed, 0))
+    if isinstance(judged, RandomDefense):
+        judged.reseed(batch_seed(seed, 0))
     with frozen(judged, frozen_run):
         out = trace_indicators(record)
         out["unavailable_gradients"] = unavailable_gradients(target, attack, x, y, attack.eot or 1)

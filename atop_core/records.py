@@ -131,10 +131,15 @@ def record_path(
     )
 
 
+def start_record(header: dict) -> dict:
+    """A record with no outcomes yet."""
+    return {**header, "per_sample": {"index": [], "correct_draws": [], "first_draw": []}}
+
+
 def resume_or_start(path: Path, header: dict) -> dict:
     """The partial record at `path` if it belongs to this run, else a fresh one from `header`."""
     if not path.exists():
-        return {**header, "per_sample": {"index": [], "correct_draws": [], "first_draw": []}}
+        return start_record(header)
     existing = read_json(path)
     differing = [k for k in RUN_KEYS if existing.get(k) != header.get(k)]
     if differing:
@@ -167,15 +172,20 @@ def append_trace(record: dict, trace: dict | None) -> None:
 
 
 def save_progress(
-    path: Path, record: dict, correct: torch.Tensor, indices: list[int], trace: dict | None = None
+    path: Path | None,
+    record: dict,
+    correct: torch.Tensor,
+    indices: list[int],
+    trace: dict | None = None,
 ) -> dict:
     """Append one batch's (draws, B) outcomes (and attack trace) to the record and write it
-    atomically."""
+    atomically (unless `path` is None: a record kept in memory)."""
     append_outcomes(record["per_sample"], correct, indices)
     append_trace(record, trace)
     record = {**record, **summarize_outcomes(record["per_sample"], record["draws"])}
     record["complete"] = False
-    write_json(path, record)
+    if path is not None:
+        write_json(path, record)
     return record
 
 

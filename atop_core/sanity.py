@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from atop_core.attacks import AttackConfig
-from atop_core.defense import DefendedModel
+from atop_core.defense import RandomDefense
 from atop_core.harness import evaluate
 from atop_core.precision import precision_name
 from atop_core.records import wilson_interval
@@ -185,7 +185,8 @@ def _transfer(ctx: _Checking) -> dict:
     if not (
         ctx.attack.name in NORM_BOUNDED
         and ctx.protocol == "whole-model"
-        and isinstance(ctx.defense, DefendedModel)
+        and isinstance(ctx.defense, RandomDefense)
+        and ctx.defense.classifier is not None
     ):
         return {"passed": None, "reason": "needs a whole-model run on a purifier"}
     acc = ctx.accuracy(ctx.attack, protocol="classifier-only")
@@ -209,15 +210,11 @@ def _square(ctx: _Checking, queries: int) -> dict:
 
 def _bare_classifier(ctx: _Checking, data: tuple[Tensor, Tensor]) -> dict:
     """The attack must break the undefended classifier behind the purifier."""
-    defense = ctx.defense
-    if not (
-        ctx.attack.name in BARE_CHECKED
-        and isinstance(defense, DefendedModel)
-        and defense.purifier is not None
-    ):
+    bare = getattr(ctx.defense, "bare_classifier", None)
+    if ctx.attack.name not in BARE_CHECKED or bare is None:
         reason = "needs a purifier and an attack that breaks undefended classifiers"
         return {"passed": None, "reason": reason}
-    acc = ctx.accuracy(ctx.attack, "whole-model", model=defense.classifier, data=data)
+    acc = ctx.accuracy(ctx.attack, "whole-model", model=bare, data=data)
     return {"passed": acc <= NEAR_ZERO, "accuracy": acc, "n": len(data[0])}
 
 

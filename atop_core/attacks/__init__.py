@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from atop_core.attacks import cw, eot, library, stadv
 from atop_core.attacks.eot import EOT_PASS, bpda_loss, eot_grad, eot_loss
 from atop_core.config import EPS_LINF
-from atop_core.defense import DefendedModel
+from atop_core.defense import RandomDefense
 from atop_core.precision import autocast
 from atop_core.registry import Registry
 
@@ -236,11 +236,11 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
 @contextmanager
 def attack_mode(model: nn.Module, draws: int) -> Iterator[None]:
     """While attacking: no parameter takes gradients (attacks differentiate the input only; FAB
-    calls .backward(), which would fill the model's .grad), and a DefendedModel's forward is the
+    calls .backward(), which would fill the model's .grad), and a random defense's forward is the
     mean logits of `draws` transform draws (mode "eot": a vote has no gradient). Everything is
     restored afterwards."""
     params = [p for p in model.parameters() if p.requires_grad]
-    defended = isinstance(model, DefendedModel)
+    defended = isinstance(model, RandomDefense)
     saved = (model.eot, model.mode) if defended else None
     for p in params:
         p.requires_grad_(False)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from atop_core.attacks.cw import margin, project_l2
 from atop_core.attacks.trace import AttackTrace, attack_trace, observe
-from atop_core.defense import DefendedModel
+from atop_core.defense import DefendedModel, RandomDefense
 
 if TYPE_CHECKING:
     from atop_core.attacks import AttackConfig
@@ -30,7 +30,7 @@ EOT_PASS = 256
 def eot_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     """Sum over samples of the mean cross-entropy over `draws` transform draws (one batch); its
     gradient is the mean of the per-draw gradients. A plain classifier has one draw."""
-    if isinstance(model, DefendedModel):
+    if isinstance(model, RandomDefense):
         logits = model.draw_logits(x, draws)
         observe(logits, y)
         return F.cross_entropy(logits.flatten(0, 1), y.repeat(draws), reduction="sum") / draws
@@ -42,7 +42,7 @@ def eot_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
 def eot_margin(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     """Sum over samples of the mean C&W margin z_y − max_{j≠y} z_j over `draws` draws: the
     expected margin, whose gradient is the mean of the per-draw gradients (StAdv's objective)."""
-    if isinstance(model, DefendedModel):
+    if isinstance(model, RandomDefense):
         logits = model.draw_logits(x, draws)
         observe(logits, y)
         return margin(logits.flatten(0, 1), y.repeat(draws)).sum() / draws
@@ -54,8 +54,13 @@ def eot_margin(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
 def bpda_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
     """`eot_loss` with the purification g∘t replaced by the identity in the backward pass only:
     the classifier sees the exact purified images, the gradient skips g∘t (BPDA)."""
-    if not isinstance(model, DefendedModel):
+    if not isinstance(model, RandomDefense):
         return eot_loss(model, x, y, 1)
+    if not isinstance(model, DefendedModel):
+        raise ValueError(
+            "bpda-eot replaces the purification by the identity in the backward pass, so it needs "
+            "the purification and the classifier apart (a DefendedModel); use pgd-eot"
+        )
     repeated = x.repeat(draws, 1, 1, 1) if draws > 1 else x
     purified = repeated + (model.purify(repeated) - repeated).detach()
     logits = model.classifier(purified)
@@ -66,7 +71,7 @@ def bpda_loss(model: nn.Module, x: Tensor, y: Tensor, draws: int) -> Tensor:
 def _passes(model: nn.Module, x: Tensor, draws: int, pass_size: int | None) -> list[int]:
     """The draws of each pass: about `pass_size` image-draws (at least one draw of the whole
     batch) per pass; one draw for a plain classifier or a defense whose randomness is frozen."""
-    draws = draws if isinstance(model, DefendedModel) and not model.frozen else 1
+    draws = draws if isinstance(model, RandomDefense) and not model.one_draw else 1
     per_pass = draws if pass_size is None else max(1, pass_size // len(x))
     return [min(per_pass, draws - start) for start in range(0, draws, per_pass)]
 
