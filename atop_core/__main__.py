@@ -6,11 +6,14 @@ loaded here (CIFAR-100 offline) is reported as not run, with the reason, and the
 """
 
 import argparse
+import importlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from torch import nn
 
 from atop_core.allocator import tune_malloc
 from atop_core.attacks import AttackConfig
@@ -31,7 +34,8 @@ from atop_core.indicators import fired
 from atop_core.io import write_json
 from atop_core.pipeline import train_chain
 from atop_core.precision import AMP_CHOICES
-from atop_core.records import merge_all
+from atop_core.records import merge_all, record_path
+from atop_core.user_defense import evaluate
 
 log = logging.getLogger("atop_core")
 
@@ -155,6 +159,18 @@ def _evaluation_inputs(
     return attack, [_defense_path(text, profile, args.dataset) for text in args.defense], shard
 
 
+def _print_record(name: str, record: dict, tag: str, protocol: str, out: Path) -> None:
+    acc, ci = record["accuracy"], record["interval"]["single"]
+    flag = {True: " UNRELIABLE", False: "", None: " (no sanity checks)"}[record["unreliable"]]
+    print(
+        f"  {name:<34} {tag} ({protocol}): single {acc['single']:.3f} [{ci[0]:.3f}, "
+        f"{ci[1]:.3f}], vote {acc['vote']:.3f}, worst {acc['worst']:.3f}, n={record['n']}{flag} "
+        f"-> {out}"
+    )
+    for indicator in fired(record.get("indicators", {})):
+        print(f"    indicator fired: {indicator}: {record['indicators'][indicator]['fix']}")
+
+
 def _evaluate(args: argparse.Namespace, profile: Profile, inputs) -> int:
     attack, paths, shard = inputs
     for path in paths:
@@ -173,15 +189,67 @@ def _evaluate(args: argparse.Namespace, profile: Profile, inputs) -> int:
         )
         if args.dataset and record["dataset"] != args.dataset:
             raise SystemExit(f"{path} defends {record['dataset']}, not --dataset {args.dataset}")
-        acc, ci = record["accuracy"], record["interval"]["single"]
-        flag = {True: " UNRELIABLE", False: "", None: " (no sanity checks)"}[record["unreliable"]]
-        print(
-            f"  {path.name:<34} {attack.tag()} ({args.protocol}): single "
-            f"{acc['single']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], vote {acc['vote']:.3f}, worst "
-            f"{acc['worst']:.3f}, n={record['n']}{flag} -> {out}"
-        )
-        for name in fired(record.get("indicators", {})):
-            print(f"    indicator fired: {name}: {record['indicators'][name]['fix']}")
+        _print_record(path.name, record, attack.tag(), args.protocol, out)
+    return 0
+
+
+def load_factory(text: str) -> Callable[[], nn.Module]:
+    """`pkg.mod:factory` -> the factory; a ValueError says what is wrong with the text."""
+    module_name, _, attr = text.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--module must look like pkg.mod:factory, got {text!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--module {text!r}: cannot import {module_name!r} ({err})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--module {text!r}: {module_name} has no function {attr!r}")
+    return factory
+
+
+def _evaluate_module(args: argparse.Namespace, profile: Profile) -> int:
+    """`evaluate --module`: the user's defense into a record beside the project's."""
+    if args.dataset is None:
+        raise ValueError("--module needs --dataset: the dataset the defense classifies")
+    if args.shard:
+        raise ValueError("--shard applies to --defense files; evaluate a --module unsharded")
+    factory = load_factory(args.module)
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--module {args.module!r} returned {type(model).__name__}, not a module")
+    classifier = None
+    if args.classifier:
+        classifier = model.get_submodule(args.classifier.replace("/", "."))
+    name = args.name or args.module.partition(":")[2]
+    ev = profile.evaluation
+    steps, eot = args.steps or ev.steps, args.eot or ev.eot
+    tag = AttackConfig(name=args.attack, eps=args.eps, steps=steps, eot=eot).tag()
+    n = None if args.n in (None, profile.data.n_eval) else args.n
+    out = record_path(
+        settings().results_dir, profile.name, args.dataset, name, tag, args.protocol, None, n,
+        args.randomness,
+    )  # fmt: skip
+    record = evaluate(
+        model,
+        dataset=args.dataset,
+        attack=args.attack,
+        protocol=args.protocol,
+        n=args.n or profile.data.n_eval,
+        draws=args.draws or ev.draws,
+        eot=eot,
+        steps=steps,
+        eps=args.eps,
+        name=name,
+        classifier=classifier,
+        record=out,
+        device=args.device,
+        profile=profile.name,
+        seed=args.seed,
+        sanity=not args.no_sanity,
+        randomness=args.randomness,
+    )
+    _print_record(name, record, tag, args.protocol, out)
     return 0
 
 
@@ -222,11 +290,20 @@ def _options(*groups: str) -> list[argparse.ArgumentParser]:
 
 
 def _evaluate_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--defense", nargs="+", required=True, help="checkpoint(s), or names with --dataset"
+    which = command.add_mutually_exclusive_group(required=True)
+    which.add_argument("--defense", nargs="+", help="checkpoint(s), or names with --dataset")
+    which.add_argument(
+        "--module",
+        help="pkg.mod:factory, a function returning your own defense (a torch module mapping "
+        "[0, 1] images to logits); needs --dataset",
     )
     command.add_argument(
         "--dataset", choices=list(DATASETS), help="resolves defense names; must match the defense"
+    )
+    command.add_argument("--name", help="--module: its name in records (default: the factory's)")
+    command.add_argument(
+        "--classifier",
+        help="--module: the classifier inside it (attribute path)",
     )
     command.add_argument("--attack", default="pgd-eot", help="attack name (atop_core.attacks)")
     command.add_argument("--steps", type=int, help="attack steps (default: the profile's)")
@@ -281,6 +358,11 @@ def run(parser: CommandLine, args: argparse.Namespace) -> int:
     """The parsed command, under the settings its options chose."""
     datasets = getattr(args, "datasets", None)
     profile = get_profile(args.profile, **({"datasets": tuple(datasets)} if datasets else {}))
+    if args.command == "evaluate" and args.module:
+        try:
+            return _evaluate_module(args, profile)
+        except ValueError as bad:
+            parser.exit(2, f"{parser.prog} evaluate: error: {bad}\n")
     if args.command == "evaluate":
         try:
             inputs = _evaluation_inputs(args, profile)

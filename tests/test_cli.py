@@ -120,6 +120,9 @@ BAD_INPUTS = [  # arguments, what the one line must say
     (["evaluate", "--defense", "defense-gan-rt2-atop"], "is a name, not a file: add --dataset"),
     (["merge", "--attack", "pgd"], "unrecognized arguments: --attack pgd"),
     (["evaluate", "--randomness", "thawed"], "invalid choice: 'thawed'"),
+    (["evaluate", "--module", "nosuch.mod:make", "--dataset", "cifar10"], "cannot import"),
+    (["evaluate", "--module", "nosuch", "--dataset", "cifar10"], "must look like pkg.mod:factory"),
+    (["evaluate", "--module", "nosuch.mod:make"], "--module needs --dataset"),
 ]
 
 
@@ -129,7 +132,7 @@ BAD_INPUTS = [  # arguments, what the one line must say
 )
 def test_a_bad_input_is_one_line_naming_it_and_exit_status_2(tmp_path, args, says):
     defense = save_tiny_defense(tmp_path / "defense-ae-rt2-atop.pt")
-    if "--defense" not in args and args[0] == "evaluate":
+    if not {"--defense", "--module"} & set(args) and args[0] == "evaluate":
         args = [*args, "--defense", str(defense)]
     done = subprocess.run(
         [sys.executable, "-m", "atop_core", *args, "--profile", "smoke"],

@@ -146,3 +146,23 @@ def test_the_attack_refuses_images_outside_the_unit_range():
     x, y = torch.rand(2, 3, 32, 32) * 2, torch.tensor([0, 1])
     with pytest.raises(ValueError, match=r"images must lie in \[0, 1\]"):
         run_attack(defense, AttackConfig("pgd-eot", steps=1, eot=1), x, y)
+
+
+def noisy_factory() -> nn.Module:
+    """For the command line test: `--module tests.test_user_defense:noisy_factory`."""
+    return NoisyDefense(_classifier())
+
+
+def test_the_command_line_evaluates_a_module_into_a_record_beside_the_projects(cifar, capsys):
+    from atop_core.__main__ import main
+    from atop_core.config import settings
+    from atop_core.tables import load_records_frame
+
+    args = ["evaluate", "--profile", "smoke", "--module", "tests.test_user_defense:noisy_factory"]
+    args += ["--dataset", "cifar10", "--steps", "2", "--eot", "2", "--n", "16", "--no-sanity"]
+    assert main([*args, "--name", "noisy"]) == 0
+    assert "noisy" in capsys.readouterr().out
+    frame = load_records_frame(settings().results_dir / "smoke")
+    row = frame.iloc[0]
+    assert len(frame) == 1 and row["defense"] == "noisy" and row["purifier"] == "user"
+    assert row["attack"] == "pgd-eot" and row["n"] == 16
