@@ -26,6 +26,7 @@ from atop_core.config import (
     overridden,
     resolve_device,
     settings,
+    with_fields,
 )
 from atop_core.data import DATASETS, eval_subset, load_dataset, unavailable_reason
 from atop_core.evaluation import evaluate_defense, parse_shard
@@ -341,6 +342,17 @@ def build_parser() -> CommandLine:
         command = commands.add_parser(name, parents=parents, help=summary, description=summary)
         if name == "evaluate":
             _evaluate_options(command)
+        if name == "train":
+            command.add_argument(
+                "--classifier-arch",
+                help="the frozen classifier for 32 px datasets, e.g. robustbench:Standard "
+                "(RobustBench's weights, not trained; default: the profile's)",
+            )
+            command.add_argument(
+                "--baselines",
+                nargs="+",
+                help="adversarially trained baselines: fgsm-rs, pgd, robustbench:<model>",
+            )
     return parser
 
 
@@ -354,10 +366,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(parser, args)
 
 
+def _profile(args: argparse.Namespace) -> Profile:
+    """The named profile with the fields the options override (validated)."""
+    profile = get_profile(args.profile)
+    changes: dict = {}
+    if getattr(args, "datasets", None):
+        changes["datasets"] = tuple(args.datasets)
+    if getattr(args, "classifier_arch", None):
+        changes["classifier"] = with_fields(profile.classifier, arch=args.classifier_arch)
+    if getattr(args, "baselines", None):
+        changes["baselines"] = tuple(args.baselines)
+    return with_fields(profile, **changes)
+
+
 def run(parser: CommandLine, args: argparse.Namespace) -> int:
     """The parsed command, under the settings its options chose."""
-    datasets = getattr(args, "datasets", None)
-    profile = get_profile(args.profile, **({"datasets": tuple(datasets)} if datasets else {}))
+    try:
+        profile = _profile(args)
+    except ValueError as bad:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {bad}\n")
     if args.command == "evaluate" and args.module:
         try:
             return _evaluate_module(args, profile)

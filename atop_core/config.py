@@ -348,15 +348,17 @@ class Profile:
     transform: TransformConfig = field(default_factory=TransformConfig)
     transforms: tuple[str, ...] = ("rt1", "rt2", "rt3")
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    baselines: tuple[str, ...] = ("fgsm-rs",)  # adversarially trained classifiers to compare with
+    # adversarially trained classifiers to compare with: trained here (fgsm-rs, pgd), or RobustBench
+    baselines: tuple[str, ...] = ("fgsm-rs",)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "profile name must not be empty")
         for adv in self.baselines:
             _require(
-                adv in CLASSIFIER_ADV[1:],
-                f"unknown baseline {adv!r}; known: {', '.join(CLASSIFIER_ADV[1:])}",
+                adv in CLASSIFIER_ADV[1:] or adv.startswith("robustbench:"),
+                f"unknown baseline {adv!r}; known: {', '.join(CLASSIFIER_ADV[1:])}, or a "
+                "RobustBench model as robustbench:<model>[:<threat>]",
             )
         for kind in self.purifiers:
             _require(

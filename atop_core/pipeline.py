@@ -25,6 +25,7 @@ from atop_core.config import (
 from atop_core.data import DATASETS, ImageTensorDataset, eval_subset, load_dataset, shrink
 from atop_core.defense import DefendedModel, current_sidecar, freeze, save_defense
 from atop_core.io import write_json
+from atop_core.nets import robustbench
 from atop_core.nets.classifiers import build_classifier, load_external_state_dict
 from atop_core.nets.purifiers import build_discriminator, build_purifier
 from atop_core.train import (
@@ -118,6 +119,8 @@ def _classifier_cfg(profile: Profile, adv: str | None) -> ClassifierConfig:
     cfg = profile.classifier
     if not adv or adv == cfg.adv:
         return cfg
+    if robustbench.is_robustbench(adv):  # a RobustBench model is the baseline, as it is
+        return dataclasses.replace(cfg, arch=adv, arch_large=adv)
     return dataclasses.replace(cfg, adv=adv, epochs=cfg.adv_epochs or cfg.epochs)
 
 
@@ -133,6 +136,11 @@ def get_classifier(
     """The trained, frozen classifier (trained now unless a complete checkpoint exists), or the
     user's weights when `weights` is set. `adv` picks an adversarially trained baseline."""
     cfg = _classifier_cfg(profile, adv)
+    arch = cfg.arch_for(data.image_size)
+    if robustbench.is_robustbench(arch) and cfg.adv == "none":  # its weights: nothing to train
+        model = robustbench.load(arch, data.num_classes, data.image_size)
+        model.flip_average = cfg.flip_average
+        return freeze(model.to(device))
     width = {"width": cfg.width} if cfg.width else {}
     with initial_weights(cfg.seed):
         model = build_classifier(
@@ -355,7 +363,8 @@ def _save_classifier_defense(
     profile: Profile, data: DataBundle, adv: str, model: nn.Module, cls_acc: float, acc: float
 ) -> dict:
     """The bare classifier ("plain") or an adversarially trained baseline as a defense."""
-    name = "defense-none-none-plain.pt" if adv == "plain" else f"defense-none-none-at-{adv}.pt"
+    at = adv.replace(":", "-")  # robustbench:<model> baselines
+    name = "defense-none-none-plain.pt" if adv == "plain" else f"defense-none-none-at-{at}.pt"
     return save_defense(
         stage_dir(profile, data.name) / name,
         model,

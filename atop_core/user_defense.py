@@ -22,6 +22,9 @@ from atop_core.data import DATASETS
 from atop_core.defense import RandomDefense
 from atop_core.evaluation import EvalImages, EvalRun, Subject, evaluate_subject
 from atop_core.harness import check_protocol, check_randomness
+from atop_core.nets import robustbench
+
+DEFAULT_NAME = "user-defense"
 
 
 class ModuleDefense(RandomDefense):
@@ -108,7 +111,7 @@ def _described(name: str, defense: ModuleDefense, seed: int) -> dict:
 
 
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | str,
     *,
     dataset: str,
     attack: str = "pgd-eot",
@@ -118,7 +121,7 @@ def evaluate(
     eot: int | None = None,
     steps: int | None = None,
     eps: float | None = None,
-    name: str = "user-defense",
+    name: str = DEFAULT_NAME,
     classifier: nn.Module | None = None,
     record: str | Path | None = None,
     device: torch.device | str | None = None,
@@ -134,7 +137,8 @@ def evaluate(
     readings with intervals), the sanity checks and attack-failure indicators. Returns the record
     (the project's schema); with `record` a path it is written there after every batch and a
     rerun resumes it. `profile` gives the default steps and EOT, the batch size and the sanity
-    checks' budget; `image_size` shrinks the images (default: the dataset's own size)."""
+    checks' budget; `image_size` shrinks the images (default: the dataset's own size). `model`
+    may also name a RobustBench classifier (`robustbench:Standard`, `nets/robustbench.py`)."""
     check_protocol(protocol)
     check_randomness(randomness)
     if protocol == "classifier-only" and classifier is None:
@@ -154,6 +158,9 @@ def evaluate(
     run = EvalRun(prof, attack_cfg, protocol, device, n, draws, None, seed, randomness)
     num_classes = len(DATASETS.get_entry(dataset).classes)
     data = EvalImages.of(dataset, image_size or 0, run)
+    if isinstance(model, str):
+        name = model if name == DEFAULT_NAME else name
+        model = robustbench.load(model, num_classes, data.images.shape[-1])
     defense = ModuleDefense(model.to(device), classifier)
     defense.probe(data.images[:2].to(device).float().div(255), num_classes)
     described = _described(name, defense, seed)

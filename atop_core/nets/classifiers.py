@@ -270,8 +270,14 @@ def wrn_70_16(num_classes: int, image_size: int, **kwargs) -> Classifier:
 def build_classifier(
     arch: str, num_classes: int, image_size: int, flip_average: bool = False, **kwargs
 ) -> Classifier:
-    """One entry point by name; an unknown `arch` lists the known ones. Built on CPU."""
-    model = CLASSIFIERS.build(arch, num_classes, image_size, **kwargs)
+    """One entry point by name; an unknown `arch` lists the known ones. Built on CPU. A
+    `robustbench:<model>` name builds that RobustBench architecture (`nets/robustbench.py`)."""
+    from atop_core.nets import robustbench  # it builds on this module
+
+    if robustbench.is_robustbench(arch):
+        model = robustbench.build(arch, num_classes, image_size)
+    else:
+        model = CLASSIFIERS.build(arch, num_classes, image_size, **kwargs)
     model.flip_average = flip_average
     return model
 
