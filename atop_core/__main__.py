@@ -15,8 +15,10 @@ from pathlib import Path
 
 from torch import nn
 
+from atop_core import distributed
 from atop_core.allocator import tune_malloc
 from atop_core.attacks import AttackConfig
+from atop_core.cluster import EXECUTORS, ClusterConfig, evaluate_sharded
 from atop_core.config import (
     ENV_AMP,
     ENV_DATA_DIR,
@@ -75,9 +77,17 @@ def _print_status(status: dict) -> None:
             print(f"  {name:<11} NOT RUN: {entry['reason']}")
 
 
-def train(profile: Profile, device_name: str) -> dict:
-    """Train (or reuse) the classifier, purifiers and AToP fine-tunings for each ready dataset."""
-    device = resolve_device(device_name)
+def train(profile: Profile, device_name: str) -> dict | None:
+    """Train (or reuse) the classifier, purifiers and AToP fine-tunings for each ready dataset.
+    Under `torchrun --nproc_per_node=N` every stage trains data-parallel over the N processes
+    (`distributed.py`); rank 0 returns the status, the other ranks None."""
+    with distributed.process_group(device_name) as device:
+        status = _train_datasets(profile, device)
+        main = distributed.is_main()
+    return status if main else None
+
+
+def _train_datasets(profile: Profile, device) -> dict:
     status = {}
     for name in profile.datasets:
         if reason := unavailable_reason(name):
@@ -88,6 +98,7 @@ def train(profile: Profile, device_name: str) -> dict:
         status[name] = {
             "status": "trained",
             "device": str(device),
+            **({"processes": distributed.world_size()} if distributed.active() else {}),
             "wall_s": round(time.perf_counter() - start, 1),
             "defenses": [
                 {
@@ -146,8 +157,9 @@ def _defense_path(text: str, profile: Profile, dataset: str | None) -> Path:
 
 def _evaluation_inputs(
     args: argparse.Namespace, profile: Profile
-) -> tuple[AttackConfig, list[Path], tuple[int, int] | None]:
-    """The attack, defense files and shard the arguments name; a ValueError names a bad one."""
+) -> tuple[AttackConfig, list[Path], tuple[int, int] | None, ClusterConfig | None]:
+    """The attack, defense files, shard and shard jobs the arguments name; a ValueError names a
+    bad one."""
     ev = profile.evaluation
     attack = AttackConfig(
         name=args.attack,
@@ -157,7 +169,18 @@ def _evaluation_inputs(
         seed=args.seed + 1,
     )
     shard = parse_shard(args.shard)
-    return attack, [_defense_path(text, profile, args.dataset) for text in args.defense], shard
+    cluster = None
+    if args.shards is not None:
+        cluster = ClusterConfig(
+            shards=args.shards,
+            executor=args.executor,
+            partition=args.slurm_partition,
+            timeout_min=args.timeout_min,
+            gpus_per_node=args.slurm_gpus,
+            retries=args.retries,
+        )
+    paths = [_defense_path(text, profile, args.dataset) for text in args.defense]
+    return attack, paths, shard, cluster
 
 
 def _print_record(name: str, record: dict, tag: str, protocol: str, out: Path) -> None:
@@ -173,21 +196,21 @@ def _print_record(name: str, record: dict, tag: str, protocol: str, out: Path) -
 
 
 def _evaluate(args: argparse.Namespace, profile: Profile, inputs) -> int:
-    attack, paths, shard = inputs
+    attack, paths, shard, cluster = inputs
+    kw = {
+        "protocol": args.protocol,
+        "device": resolve_device(args.device),
+        "n": args.n,
+        "draws": args.draws,
+        "seed": args.seed,
+        "sanity": not args.no_sanity,
+        "randomness": args.randomness,
+    }
     for path in paths:
-        record, out = evaluate_defense(
-            path,
-            profile,
-            attack,
-            protocol=args.protocol,
-            device=resolve_device(args.device),
-            n=args.n,
-            draws=args.draws,
-            shard=shard,
-            seed=args.seed,
-            sanity=not args.no_sanity,
-            randomness=args.randomness,
-        )
+        if cluster is not None:
+            record, out = evaluate_sharded(path, profile, attack, cluster, **kw)
+        else:
+            record, out = evaluate_defense(path, profile, attack, shard=shard, **kw)
         if args.dataset and record["dataset"] != args.dataset:
             raise SystemExit(f"{path} defends {record['dataset']}, not --dataset {args.dataset}")
         _print_record(path.name, record, attack.tag(), args.protocol, out)
@@ -321,7 +344,20 @@ def _evaluate_options(command: argparse.ArgumentParser) -> None:
         choices=list(RANDOMNESS),
         help="frozen: one transform draw per image, shared by the attack and the judge",
     )
-    command.add_argument("--shard", help="i/k: evaluate shard i of k (merge them after)")
+    sharding = command.add_mutually_exclusive_group()
+    sharding.add_argument("--shard", help="i/k: evaluate shard i of k (merge them after)")
+    sharding.add_argument(
+        "--shards", type=int, help="run k shards as one job array (--executor) and merge them"
+    )
+    command.add_argument(
+        "--executor", default="local", choices=EXECUTORS, help="where --shards run (submitit)"
+    )
+    command.add_argument("--slurm-partition", help="Slurm partition for --executor slurm")
+    command.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per shard job on Slurm")
+    command.add_argument("--timeout-min", type=int, default=120, help="time limit per shard job")
+    command.add_argument(
+        "--retries", type=int, default=2, help="resubmissions of a failed or pre-empted shard"
+    )
     command.add_argument("--seed", type=int, default=0, help="defense seed (attack: seed+1)")
     command.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
 
@@ -405,6 +441,8 @@ def run(parser: CommandLine, args: argparse.Namespace) -> int:
         status, show = prepare_data(profile), _print_status
     else:
         status, show = train(profile, args.device), _print_training
+        if status is None:  # another rank under torchrun: rank 0 writes and prints the status
+            return 0
     path = settings().results_dir / profile.name / f"{args.command}_status.json"
     write_json(path, status)
     print(f"{args.command} ({profile.name}):")

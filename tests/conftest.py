@@ -78,3 +78,11 @@ def save_tiny_defense(path: Path) -> Path:
         atop=True,
     )
     return path
+
+
+@pytest.fixture()
+def defense_path(tmp_path, monkeypatch):
+    """A tiny saved defense and the 10 CIFAR-10 test images it is evaluated on."""
+    write_tree(tmp_path, "cifar10", per_class=1)
+    monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path))
+    return save_tiny_defense(tmp_path / "defense-ae-rt2-atop.pt")

@@ -121,6 +121,8 @@ BAD_INPUTS = [  # arguments, what the one line must say
     (["merge", "--attack", "pgd"], "unrecognized arguments: --attack pgd"),
     (["evaluate", "--randomness", "thawed"], "invalid choice: 'thawed'"),
     (["evaluate", "--module", "nosuch.mod:make", "--dataset", "cifar10"], "cannot import"),
+    (["evaluate", "--shards", "0"], "need shards >= 1"),
+    (["evaluate", "--shards", "2", "--shard", "0/2"], "not allowed with argument"),
     (["evaluate", "--module", "nosuch", "--dataset", "cifar10"], "must look like pkg.mod:factory"),
     (["evaluate", "--module", "nosuch.mod:make"], "--module needs --dataset"),
 ]

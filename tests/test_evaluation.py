@@ -10,17 +10,9 @@ from atop_core.config import get_profile
 from atop_core.evaluation import evaluate_defense, parse_shard, shard_batches
 from atop_core.indicators import INDICATORS
 from atop_core.records import RecordMismatchError, merge_all
-from tests.conftest import save_tiny_defense, write_tree
 
 ATTACK = AttackConfig(name="pgd-eot", steps=1, eot=2, seed=1)
 VOLATILE = ("wall_s", "env", "indices", "shards", "sanity", "unreliable")
-
-
-@pytest.fixture()
-def defense_path(tmp_path, monkeypatch):
-    write_tree(tmp_path, "cifar10", per_class=1)  # 10 test images
-    monkeypatch.setenv("ATOP_DATA_DIR", str(tmp_path))
-    return save_tiny_defense(tmp_path / "defense-ae-rt2-atop.pt")
 
 
 def _run(path, **kw):
