@@ -13,7 +13,17 @@ import torch
 
 from atop_core.config import resolve_device
 from atop_core.registry import Registry
-from bench import baseline, evaluation, explorer, finetune, memory, precision, roofline
+from bench import (
+    baseline,
+    cost,
+    evaluation,
+    explorer,
+    finetune,
+    memory,
+    precision,
+    roofline,
+    stages,
+)
 from bench.harness import GIB, RESULTS_DIR, format_table, machine, peak_rss_bytes, write_result
 from bench.workloads import BenchConfig
 
@@ -26,6 +36,8 @@ for _name, _module in (
     ("memory", memory),
     ("precision", precision),  # in the default set on CUDA only (DEFAULT_CUDA_ONLY)
     ("explorer", explorer),  # on trained defenses only, like precision's fidelity
+    ("cost", cost),  # FLOP counts, not timings: the paper profile's cost on GPUs
+    ("stages", stages),  # one epoch of each paper-profile training stage (CUDA only by default)
 ):
     BENCHMARKS.register(_name)(_module.run)
 
@@ -43,12 +55,15 @@ COLUMNS = {
     "precision": ["arch", "purifier", "images", "images_per_s_float32", "images_per_s_bf16"]
     + ["bf16_speedup"],
     "explorer": ["defense", "transform", "redraw_s", "attack_s", "attack"],
+    "cost": ["dataset", "kind", "stage", "images", "pflop", "h100_hours", "h100x8_hours"],
+    "stages": ["stage", "batch", "images_per_s", "epoch_s", "gflop_per_s"]
+    + ["fraction_of_h100_peak"],
     "precision/fidelity": ["defense", "bf16_cosine", "bf16_sign_agreement", "draws_cosine"]
     + ["draws_sign_agreement"],
 }
 QUICK = {"archs": ("quick",), "repeats": 2, "budget_s": 5.0, "steps": 1}
 # bf16 runs emulated on a CPU without it (AVX2): many minutes for numbers of no use there
-DEFAULT_CUDA_ONLY = ("precision",)
+DEFAULT_CUDA_ONLY = ("precision", "stages")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -120,6 +135,8 @@ def tables(name: str, result: dict) -> str:
         out += "no trained defense found: pass --defenses, or run_all.sh first\n"
     if name == "roofline":
         out += f"peaks (GFLOP/s, {result['dtype']}): {result['peak_gflop_per_s']}\n"
+    if name == "cost":
+        out += f"totals: {result['totals']}; assumptions: {result['assumptions']}\n"
     return out
 
 
@@ -160,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_result(_file(name, args.tag), results[name], args.out_dir)
         print(tables(name, results[name]), flush=True)
     link(results)
+    if "cost" in results and args.out_dir == RESULTS_DIR and not args.tag:
+        cost.update_doc(results["cost"])  # docs/performance.md shows the committed table
     for name, result in results.items():
         write_result(_file(name, args.tag), result, args.out_dir)
     if len(results) > 1:

@@ -4,7 +4,9 @@
 #      at the quick and paper architectures under bf16 autocast (the library's default on CUDA),
 #      each eval row with its fraction_of_conv_peak of that bf16 peak;
 #   2. precision: the same attack's speed in float32 and bf16, and the bf16 gradient's fidelity
-#      on the quick RT2 + AToP checkpoints when present (a quick run_all.sh makes them).
+#      on the quick RT2 + AToP checkpoints when present (a quick run_all.sh makes them);
+#   3. stages: one epoch of each paper-profile training stage (bf16), timed, with its share of
+#      the H100's bf16 peak: the measurement that replaces `python -m bench cost`'s assumed share.
 # Results go to $OUT (default bench/results). Made for an offline GPU machine that has PyTorch but
 # not this project's other dependencies: put torchattacks' wheel in .whl/ first, where online:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -24,3 +26,5 @@ timeout 300 python3 -m bench roofline eval --device cuda --amp "${sizes[@]}" \
     --out-dir "$out" --tag cuda 2>&1 | tee "$out/bench-eval.log"
 timeout 180 python3 -m bench precision --device cuda "${sizes[@]}" \
     --out-dir "$out" --tag cuda 2>&1 | tee "$out/bench-precision.log"
+timeout 150 python3 -m bench stages --device cuda --amp --repeats 3 --budget-s 10 \
+    --out-dir "$out" --tag cuda 2>&1 | tee "$out/bench-stages.log"
