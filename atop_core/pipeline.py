@@ -4,6 +4,9 @@ Every artifact is named by a hash of the configuration that made it (and of its 
 under `checkpoints/<profile>/<dataset>/`, and skipped when already complete, so a rerun resumes
 where the last one stopped. RT3 has no training recipe of its own (the authors had none either):
 its defenses reuse the purifier trained with RT2, whose noise and masks RT3 applies N times.
+
+Under torchrun every rank runs the chain (each stage's `fit` is data-parallel); rank 0 alone
+evaluates and writes the defenses, and the others get what it returns (`distributed.on_main`).
 """
 
 import dataclasses
@@ -14,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from atop_core import distributed
 from atop_core.config import (
     ClassifierConfig,
     Profile,
@@ -336,11 +340,11 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
     sidecars, each with its clean accuracy on the fixed evaluation subset."""
     data = load_bundle(profile, dataset)
     classifier = get_classifier(profile, data, device)
-    cls_acc = accuracy(classifier, *_eval(data), device)
+    cls_acc = distributed.on_main(lambda: accuracy(classifier, *_eval(data), device))
     saved = [_save_classifier_defense(profile, data, "plain", classifier, cls_acc, cls_acc)]
     for adv in profile.baselines:
         robust = get_classifier(profile, data, device, adv=adv)
-        acc = accuracy(robust, *_eval(data), device)
+        acc = distributed.on_main(lambda robust=robust: accuracy(robust, *_eval(data), device))
         saved.append(_save_classifier_defense(profile, data, adv, robust, cls_acc, acc))
     for kind in profile.purifiers:
         for rt in profile.transforms:
@@ -348,10 +352,12 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
                 saved.append(
                     _purified_defense(profile, data, kind, rt, atop, classifier, cls_acc, device)
                 )
-    write_json(
-        stage_dir(profile, dataset) / "defenses.json",
-        [{k: v for k, v in s.items() if k != "training_log"} for s in saved],
-    )
+    if distributed.is_main():
+        write_json(
+            stage_dir(profile, dataset) / "defenses.json",
+            [{k: v for k, v in s.items() if k != "training_log"} for s in saved],
+        )
+    distributed.barrier()  # every file written before any rank goes on
     return saved
 
 
@@ -365,16 +371,19 @@ def _save_classifier_defense(
     """The bare classifier ("plain") or an adversarially trained baseline as a defense."""
     at = adv.replace(":", "-")  # robustbench:<model> baselines
     name = "defense-none-none-plain.pt" if adv == "plain" else f"defense-none-none-at-{at}.pt"
-    return save_defense(
-        stage_dir(profile, data.name) / name,
-        model,
-        None,
-        classifier_cfg=profile.classifier if adv == "plain" else _classifier_cfg(profile, adv),
-        purifier_cfg=None,
-        transform_cfg=dataclasses.replace(profile.transform, kind="none"),
-        atop=False,
-        **_common(data),
-        extra=_extra(profile, cls_acc, acc, data, None, []),
+    cfg = profile.classifier if adv == "plain" else _classifier_cfg(profile, adv)
+    return distributed.on_main(
+        lambda: save_defense(
+            stage_dir(profile, data.name) / name,
+            model,
+            None,
+            classifier_cfg=cfg,
+            purifier_cfg=None,
+            transform_cfg=dataclasses.replace(profile.transform, kind="none"),
+            atop=False,
+            **_common(data),
+            extra=_extra(profile, cls_acc, acc, data, None, []),
+        )
     )
 
 
@@ -396,27 +405,31 @@ def _purified_defense(
         (finetune_path if atop else pretrain_path)(profile, kind, rt, data).stem,
         as_dict(defense_transform(profile, rt)),
     ]
-    if (done := current_sidecar(path, "made_from", made_from)) is not None:
+    # rank 0 decides for every rank: another might read the sidecar as rank 0 rewrites it
+    done = distributed.on_main(lambda: current_sidecar(path, "made_from", made_from))
+    if done is not None:
         return done  # its checkpoints are unchanged: skip the re-evaluation
     get = get_finetuned if atop else get_pretrained
     state = get(profile, kind, rt, data, classifier, device)
     purifier = state.models["purifier"]
     t_cfg = defense_transform(profile, rt)
-    acc = _defense_acc(classifier, purifier, t_cfg, data, device, 0)
+    acc = distributed.on_main(lambda: _defense_acc(classifier, purifier, t_cfg, data, device, 0))
     finetune = profile.finetune if atop else None
-    return save_defense(
-        path,
-        classifier,
-        purifier,
-        classifier_cfg=profile.classifier,
-        transform_cfg=t_cfg,
-        atop=atop,
-        purifier_cfg=dataclasses.replace(profile.purifier, kind=kind),
-        **_common(data),
-        extra={
-            **_extra(profile, cls_acc, acc, data, finetune, state.log),
-            "made_from": made_from,
-        },
+    return distributed.on_main(
+        lambda: save_defense(
+            path,
+            classifier,
+            purifier,
+            classifier_cfg=profile.classifier,
+            transform_cfg=t_cfg,
+            atop=atop,
+            purifier_cfg=dataclasses.replace(profile.purifier, kind=kind),
+            **_common(data),
+            extra={
+                **_extra(profile, cls_acc, acc, data, finetune, state.log),
+                "made_from": made_from,
+            },
+        )
     )
 
 

@@ -4,6 +4,12 @@ Each stage is a `*_step` function (one batch in, a dict of losses out) driven by
 the loop, the progress bar, atomic checkpoints, resume and the per-epoch JSON log. Data order and
 augmentation are drawn from generators seeded by (seed, epoch, step), so a resumed run repeats
 exactly what an uninterrupted one would have done.
+
+Under `torchrun` (`distributed.py`) each global batch, the same at any world size, is split into one
+contiguous slice per rank; the trained networks run through DistributedDataParallel wrappers held
+in `TrainState.parallel` while `fit` runs, each rank draws its randomness from (seed, epoch, step,
+rank), metrics are averaged over the ranks, and rank 0 alone evaluates and writes the checkpoint
+and logs. Checkpoints hold the bare networks' states, so a run resumes at any world size.
 """
 
 import time
@@ -15,7 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from atop_core import distributed
 from atop_core.attacks import AttackConfig
 from atop_core.attacks.eot import eot_loss, pgd_ascent
 from atop_core.config import SEED_STRIDE, ClassifierConfig, FinetuneConfig, PurifierConfig
@@ -40,8 +48,17 @@ class TrainState:
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = field(default_factory=dict)
     epoch: int = 0
-    step: int = 0  # batches done in the current epoch
+    step: int = 0  # (global) batches done in the current epoch
     log: list[dict] = field(default_factory=list)
+    # DistributedDataParallel wrappers of `models` while `fit` runs under torchrun; not saved
+    parallel: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    def net(self, name: str) -> nn.Module:
+        """What a step's training forward of network `name` goes through: its DDP wrapper under
+        torchrun (a purifier's returns every stage, see `purifier_stages`), else the network.
+        Attacks and evaluation use `models[name]` itself: DDP expects a backward after each of
+        its forwards, and crafting differentiates only with respect to the input."""
+        return self.parallel.get(name, self.models[name])
 
     def state_dict(self) -> dict:
         return {
@@ -79,6 +96,15 @@ def _generator(*keys: int) -> torch.Generator:
     for k in keys:
         seed = (seed * SEED_STRIDE + k) % (2**63)
     return torch.Generator().manual_seed(seed)
+
+
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """The generator of one step on this process: `_generator(seed, epoch, step)` in a single
+    process; under torchrun one per rank, from (seed, epoch, step, rank), so the ranks' slices get
+    their own augmentations, transforms and attack starts, and a rerun draws them again."""
+    if distributed.world_size() == 1:
+        return _generator(seed, epoch, step)
+    return _generator(seed, epoch, step, distributed.rank())
 
 
 def step_seed(g: torch.Generator) -> int:
@@ -134,10 +160,16 @@ def fit(
     Steps run under bf16 autocast where `ATOP_AMP` turns it on (`precision.py`; parameters and
     optimiser states stay float32); each epoch's log entry names its precision. The checkpoint
     holds only what the run computed, so the same configuration gives the same bytes; each
-    epoch's wall time goes to the human-readable log beside it."""
+    epoch's wall time goes to the human-readable log beside it.
+
+    Under torchrun every rank calls `fit` and trains its slice of each batch through DDP; metrics
+    are averaged over the ranks, `eval_fn` runs on rank 0 (its result sent to all), rank 0 alone
+    writes the checkpoint and logs, and every rank returns rank 0's weights."""
     ckpt_path = Path(ckpt_path)
-    if ckpt_path.exists():
+    if ckpt_path.exists():  # every rank: the file rank 0 wrote before the last barrier
         state.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False))
+    if state.epoch < epochs:
+        state.parallel = distributed.data_parallel(state.models, device)
     amp = amp_enabled(device)  # once per run: every step and log entry agree
     saver = _PeriodicSave(ckpt_path, state, save_every_s)
     while state.epoch < epochs:
@@ -155,10 +187,16 @@ def fit(
             saver,
         )
         entry = {"epoch": state.epoch + 1, **means, "precision": BF16 if amp else FLOAT32}
-        state.log.append({**entry, **(eval_fn() if eval_fn else {})})
+        state.log.append({**entry, **(distributed.on_main(eval_fn) if eval_fn else {})})
         state.epoch, state.step = state.epoch + 1, 0
-        _end_epoch(name, state, ckpt_path, round(time.monotonic() - start, 1))
+        if distributed.is_main():
+            _end_epoch(name, state, ckpt_path, round(time.monotonic() - start, 1))
         saver.saved()
+    if state.parallel:
+        state.parallel = {}
+        for model in state.models.values():  # BatchNorm statistics: rank 0's, as checkpointed
+            distributed.broadcast_state(model)
+    distributed.barrier()  # the checkpoint is written before any rank reads it or goes on
     return state
 
 
@@ -173,7 +211,7 @@ class _PeriodicSave:
         self.last = time.monotonic()
 
     def maybe(self) -> None:
-        if time.monotonic() - self.last > self.every_s:
+        if distributed.is_main() and time.monotonic() - self.last > self.every_s:
             save_torch(self.path, self.state.state_dict())
             self.saved()
 
@@ -190,14 +228,24 @@ def _run_epoch(
     amp: bool,
     saver: _PeriodicSave,
 ) -> dict[str, float]:
-    """The rest of the current epoch, from batch `state.step`; returns the metrics' means."""
+    """The rest of the current epoch, from batch `state.step`; returns the metrics' means (over
+    the ranks too, under torchrun, where each rank trains its slice of every batch)."""
     batches = epoch_batches(len(images), batch_size, seed, state.epoch)
-    bar = progress(batches, desc=desc, initial=state.step, total=len(batches), leave=False)
+    bar = progress(
+        batches,
+        desc=desc,
+        initial=state.step,
+        total=len(batches),
+        leave=False,
+        disable=not distributed.is_main(),
+    )
     sums, count = {}, 0
-    for idx in batches[state.step :]:
+    for batch in batches[state.step :]:
+        idx = distributed.batch_slice(batch)
         x = images[idx].to(device, non_blocking=True).float().div_(255)
+        g = step_generator(seed, state.epoch, state.step)
         with autocast(device, amp):
-            metrics = step_fn(x, labels[idx].to(device), _generator(seed, state.epoch, state.step))
+            metrics = step_fn(x, labels[idx].to(device), g)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v
         count, state.step = count + 1, state.step + 1
@@ -205,7 +253,7 @@ def _run_epoch(
         bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()})
         saver.maybe()
     bar.close()
-    return {k: v / max(count, 1) for k, v in sums.items()}
+    return distributed.all_reduce_mean({k: v / max(count, 1) for k, v in sums.items()})
 
 
 def _end_epoch(name: str, state: TrainState, ckpt_path: Path, train_s: float) -> None:
@@ -259,7 +307,7 @@ def classifier_step(state: TrainState, cfg: ClassifierConfig) -> StepFn:
         if cfg.adv != "none":
             x = adversarial_training_examples(model, x, y, cfg, g)
         model.train()
-        logits = model(x)
+        logits = state.net("classifier")(x)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -322,8 +370,9 @@ def l_df(
     gan_weight: float,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """L_df for g: ℓ1 of every stage against `target`, plus the hinge GAN term when there is a D.
-    Returns (loss, last-stage output, metrics)."""
-    stages = purifier.stages(copies, keep)
+    `purifier`: the network, or its DDP wrapper (`TrainState.net`). Returns (loss, last-stage
+    output, metrics)."""
+    stages = purifier_stages(purifier, copies, keep)
     l1 = sum(F.l1_loss(s, target) for s in stages)
     metrics = {"l1": stages[-1].sub(target).abs().mean().item()}
     loss = l1
@@ -334,8 +383,16 @@ def l_df(
     return loss, stages[-1], metrics
 
 
+def purifier_stages(purifier: nn.Module, copies: Tensor, keep: Tensor) -> list[Tensor]:
+    """Every stage's output: `purifier.stages`, or the forward of its DDP wrapper (which wraps the
+    purifier's `distributed.StagesView`, DDP hooking only forwards)."""
+    if isinstance(purifier, DistributedDataParallel):
+        return purifier(copies, keep)
+    return purifier.stages(copies, keep)
+
+
 def discriminator_step(state: TrainState, real: Tensor, fake: Tensor, keep: Tensor) -> float:
-    disc, opt = state.models["discriminator"], state.optimizers["discriminator"]
+    disc, opt = state.net("discriminator"), state.optimizers["discriminator"]
     loss = d_hinge_loss(disc(real, keep), disc(fake.detach(), keep))
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -353,7 +410,7 @@ def purifier_layout(purifier: nn.Module) -> torch.memory_format:
 def pretrain_step(state: TrainState, transform: RandomTransform, cfg: PurifierConfig) -> StepFn:
     """Pretraining on clean data: g learns to undo the random transform."""
     purifier, opt = state.models["purifier"], state.optimizers["purifier"]
-    disc = state.models.get("discriminator")
+    disc = state.models.get("discriminator")  # g's hinge term: D itself; its gradient is dropped
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
         x = augment(x, g).contiguous(memory_format=purifier_layout(purifier))
@@ -361,7 +418,7 @@ def pretrain_step(state: TrainState, transform: RandomTransform, cfg: PurifierCo
         purifier.train()
         transform.seed(step_seed(g))
         copies, keep = transform(x)
-        loss, out, metrics = l_df(purifier, disc, copies, keep, x, cfg.gan_weight)
+        loss, out, metrics = l_df(state.net("purifier"), disc, copies, keep, x, cfg.gan_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -382,7 +439,7 @@ def finetune_step(
 ) -> StepFn:
     """AToP: L_df(x') + λ·CE(y, f(g(t(x')))); f is frozen, so only g (and D) move."""
     purifier, opt = state.models["purifier"], state.optimizers["purifier"]
-    disc = state.models.get("discriminator")
+    disc = state.models.get("discriminator")  # g's hinge term: D itself; its gradient is dropped
 
     def step(x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, float]:
         x = x.contiguous(memory_format=purifier_layout(purifier))
@@ -391,7 +448,7 @@ def finetune_step(
         purifier.train()
         transform.seed(step_seed(g))
         copies, keep = transform(x_adv)
-        loss, out, metrics = l_df(purifier, disc, copies, keep, target, gan_weight)
+        loss, out, metrics = l_df(state.net("purifier"), disc, copies, keep, target, gan_weight)
         logits = classifier(resize_to(transform.combine(out, keep), x.shape[-2:]))
         ce = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
