@@ -166,3 +166,21 @@ def test_the_command_line_evaluates_a_module_into_a_record_beside_the_projects(c
     row = frame.iloc[0]
     assert len(frame) == 1 and row["defense"] == "noisy" and row["purifier"] == "user"
     assert row["attack"] == "pgd-eot" and row["n"] == 16
+
+
+def test_user_records_enter_the_claims_section_like_the_projects(cifar):
+    from atop_core.claims import Arm, Comparison, decide
+
+    classifier = _classifier()
+    kw = {"dataset": "cifar10", "n": 16, "draws": 2, "profile": "smoke", "sanity": False}
+    records = [
+        atop_core.evaluate(NoisyDefense(classifier), name="noisy", **kw, **ATTACK),
+        atop_core.evaluate(classifier, name="plain", **kw, **ATTACK),
+    ]
+    cfg = AttackConfig("pgd-eot", steps=2, eot=2, seed=1)
+    yours = Comparison(
+        "yours", "noise adds robustness", Arm("noisy", cfg, n=16), Arm("plain", cfg, n=16)
+    )
+    row = decide(records, [yours]).iloc[0]
+    assert row["n"] == 16 and row["verdict"] == "inconclusive"
+    assert "too few images" in row["reason"]
