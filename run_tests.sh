@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap_env.sh
+# The browser test starts JupyterLab from its own environment (scripts/lab_env.sh): set it up
+# where the test can run, or must (.ci/run sets ATOP_BROWSER_TEST=required).
+if [ "${ATOP_BROWSER_TEST:-}" = required ] ||
+   command -v chromium chromium-browser google-chrome >/dev/null; then
+  source scripts/lab_env.sh
+fi
 targets=(tests)
 if compgen -G "notebooks/*.ipynb" >/dev/null; then
   targets+=(--nbval-lax notebooks)

@@ -1,9 +1,12 @@
-# Sourced by run_all.sh and run_tests.sh: make sure a Python with this checkout's atop_core is active.
-# Uses the active environment when it already imports this checkout; otherwise creates or updates
-# .venv (torch first, from the pinned wheels, then the project with its pinned dependencies).
+# Sourced by run_all.sh, run_tests.sh and the scripts: make sure a Python with this checkout's
+# atop_core is active. Uses the active environment when it already imports this checkout;
+# otherwise creates or updates .venv: torch first, at the versions results were computed with,
+# then the project with its dev extra (notebooks, tests, ruff), again whenever pyproject.toml or
+# the pins change. JupyterLab is not in it: it has an environment of its own (scripts/lab_env.sh).
 # Set ATOP_PYTHON to choose the interpreter that creates .venv (default: python3.11, else python3).
 
 _atop_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ATOP_TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")  # environment.yml names the same
 
 _atop_env_ok() {
   python - "$_atop_root" <<'PY' 2>/dev/null
@@ -13,14 +16,16 @@ sys.exit(0 if pathlib.Path(atop_core.__file__).resolve().parents[1] == pathlib.P
 PY
 }
 
-if command -v python >/dev/null && _atop_env_ok && [ ! -d "$_atop_root/.venv" ]; then
+if [ ! -d "$_atop_root/.venv" ] && command -v python >/dev/null && _atop_env_ok; then
   echo "bootstrap: using the active environment ($(command -v python))"
   python -c "import torchattacks" 2>/dev/null || {
-    echo "bootstrap: adding torchattacks==3.5.1 (--no-deps, see pyproject.toml) to it"
-    python -m pip install --quiet --no-deps "torchattacks==3.5.1"; }
+    echo "bootstrap: it lacks the project's dependencies (torchattacks); install them with" >&2
+    echo "  python -m pip install -e '$_atop_root[dev]'" >&2
+    exit 2; }
 else
   _stamp="$_atop_root/.venv/.atop-installed"
-  _want="$(sha256sum "$_atop_root/pyproject.toml" | cut -d' ' -f1)"
+  _want="$({ cat "$_atop_root/pyproject.toml"; echo "${ATOP_TORCH_PINS[*]}"; } | sha256sum)"
+  _want="${_want%% *}"
   if [ ! -x "$_atop_root/.venv/bin/python" ]; then
     _py="${ATOP_PYTHON:-$(command -v python3.11 || command -v python3)}"
     "$_py" -c 'import sys; assert sys.version_info[:2] in [(3, 11), (3, 12)], sys.version' || {
@@ -33,10 +38,13 @@ else
   if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
     echo "bootstrap: installing the project into .venv (first run: several minutes)"
     python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+    python -m pip install --quiet "${ATOP_TORCH_PINS[@]}"
+    if python -m pip show --quiet jupyterlab-server >/dev/null 2>&1; then
+      # A .venv from before JupyterLab moved out: its requests>=2.31 conflicts with torchattacks.
+      echo "bootstrap: removing JupyterLab from .venv (it now runs from .venv-lab: scripts/lab.sh)"
+      python -m pip uninstall --quiet --yes jupyterlab jupyterlab-server
+    fi
     python -m pip install --quiet -e "$_atop_root[dev]"
-    # --no-deps: see the note in pyproject.toml (its requests pin conflicts with jupyterlab 4)
-    python -m pip install --quiet --no-deps "torchattacks==3.5.1"
     echo "$_want" > "$_stamp"
   fi
   echo "bootstrap: using $_atop_root/.venv"

@@ -5,7 +5,8 @@ Used by test_browser.py, and on its own to take the explorer's screenshot for th
     python -m tests.browser --screenshot figures/explorer.png   # ATOP_HOME: whose defenses to show
 
 Chromium is the system's (Debian's `chromium` package); Playwright's own browser downloads are
-never needed.
+never needed. JupyterLab runs from its own environment (`.venv-lab`, or `ATOP_LAB_ENV`; made by
+scripts/lab_env.sh), where this environment is registered as the kernel `python3`.
 """
 
 import argparse
@@ -29,6 +30,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 INSTALL_HINT = (
     "install Chromium (Debian: apt-get install -y chromium) and the test extra (playwright)"
 )
+LAB_HINT = "create JupyterLab's environment and register this one in it: bash scripts/lab_env.sh"
 NO_ANNOUNCEMENTS = {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
 # Every cell attached and drawn: JupyterLab 4 otherwise skips off-screen cells (content-visibility),
 # so their images load, and count as visible, only once scrolled to.
@@ -39,6 +41,29 @@ VIEWPORT = {"width": 1280, "height": 1100}
 
 def find_chromium() -> str | None:
     return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+
+
+def lab_env() -> Path:
+    """JupyterLab's own environment (scripts/lab_env.sh): `ATOP_LAB_ENV`, else `.venv-lab`."""
+    return Path(os.environ.get("ATOP_LAB_ENV") or ROOT / ".venv-lab").absolute()
+
+
+def lab_env_problem(env: Path | None = None) -> str | None:
+    """Why JupyterLab cannot run this environment's notebooks from `env` (None: it can): no
+    JupyterLab there, or its kernel `python3` is another environment's Python."""
+    env = env or lab_env()
+    if not (env / "bin" / "jupyter-lab").exists():
+        return f"no JupyterLab in {env}: {LAB_HINT}"
+    spec = env / "share" / "jupyter" / "kernels" / "python3" / "kernel.json"
+    if not spec.exists():
+        return f"no kernel python3 registered in {env}: {LAB_HINT}"
+    python = json.loads(spec.read_text())["argv"][0]
+    prefix = subprocess.run(
+        [python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True
+    ).stdout.strip()
+    if prefix != sys.prefix:
+        return f"{env}'s kernel python3 is {python}, not this environment's Python: {LAB_HINT}"
+    return None
 
 
 def _free_port() -> int:
@@ -73,8 +98,13 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
 
 @contextlib.contextmanager
 def jupyter_lab(root: Path, env: dict[str, str], workdir: Path) -> Iterator[Lab]:
-    """JupyterLab serving `root` on a free port of 127.0.0.1 with a random token, its news
-    pop-up and update check off and its own config folder; stopped on exit, whatever happened."""
+    """JupyterLab, from its own environment (`lab_env()`, whose kernel python3 runs notebooks),
+    serving `root` on a free port of 127.0.0.1 with a random token, its news pop-up and update
+    check off and its own config folder; stopped on exit, whatever happened."""
+    lab = lab_env()
+    problem = lab_env_problem(lab)
+    if problem:
+        raise RuntimeError(problem)
     config = workdir / "jupyter-config"
     (config / "labconfig").mkdir(parents=True, exist_ok=True)
     (config / "labconfig" / "page_config.json").write_text(json.dumps(NO_ANNOUNCEMENTS))
@@ -83,7 +113,7 @@ def jupyter_lab(root: Path, env: dict[str, str], workdir: Path) -> Iterator[Lab]
     (user_settings / plugin).mkdir(parents=True, exist_ok=True)
     (user_settings / plugin / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
     port, token = _free_port(), secrets.token_hex(16)
-    args = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root"]
+    args = [str(lab / "bin" / "python"), "-m", "jupyter", "lab", "--no-browser", "--allow-root"]
     args += ["--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0"]
     args += [f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
     args += ["--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True"]
@@ -91,6 +121,9 @@ def jupyter_lab(root: Path, env: dict[str, str], workdir: Path) -> Iterator[Lab]
     log = workdir / "jupyterlab.log"
     env = {**env, "JUPYTER_CONFIG_DIR": str(config), "JUPYTERLAB_WORKSPACES_DIR": str(workdir)}
     env["JUPYTERLAB_SETTINGS_DIR"] = str(user_settings)
+    # The lab environment's kernels first: no user-level python3 kernel can shadow the project's.
+    kernels_first = [str(lab / "share" / "jupyter"), env.get("JUPYTER_PATH", "")]
+    env["JUPYTER_PATH"] = os.pathsep.join(filter(None, kernels_first))
     with log.open("w") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

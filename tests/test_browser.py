@@ -1,8 +1,11 @@
-"""The notebooks as their readers meet them: JupyterLab 4 in Chromium (tests/browser.py).
+"""The notebooks as their readers meet them: JupyterLab 4 in Chromium (tests/browser.py),
+JupyterLab started from its own environment (scripts/lab_env.sh) with this one as the kernel.
 
-Skipped, saying how to install what is missing, where there is no Chromium or no Playwright.
+Skipped, saying how to install what is missing, where there is no Chromium, no Playwright or no
+JupyterLab environment; failed instead where ATOP_BROWSER_TEST=required (CI: .ci/run).
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,6 +21,7 @@ from tests.browser import (
     image_sizes,
     is_dirty,
     jupyter_lab,
+    lab_env_problem,
     open_notebook,
     run_all_cells,
     set_slider,
@@ -32,10 +36,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab over a copy of the notebooks, with the smoke chain trained in its own home."""
+    missing = pytest.fail if os.environ.get("ATOP_BROWSER_TEST") == "required" else pytest.skip
     chromium = find_chromium()
     if chromium is None:
-        pytest.skip(f"no Chromium: {INSTALL_HINT}")
-    pytest.importorskip("playwright.sync_api", reason=f"no Playwright: {INSTALL_HINT}")
+        missing(f"no Chromium: {INSTALL_HINT}")
+    if importlib.util.find_spec("playwright") is None:
+        missing(f"no Playwright: {INSTALL_HINT}")
+    problem = lab_env_problem()
+    if problem:
+        missing(problem)
     work = tmp_path_factory.mktemp("browser")
     data = write_tree(work / "data", "cifar10", per_class=2).parent  # what is drawn is not tested
     env = {**os.environ, "ATOP_HOME": str(work / "home"), "ATOP_CACHE_DIR": str(work / "cache")}

@@ -1,7 +1,5 @@
 """RobustBench classifiers, loaded offline through RobustBench's own code from its model layout."""
 
-from importlib.util import find_spec
-
 import pytest
 import torch
 
@@ -9,7 +7,7 @@ from atop_core.config import settings
 from atop_core.nets import robustbench
 from atop_core.nets.classifiers import build_classifier
 
-if find_spec("robustbench") is None:  # `import robustbench` itself fails: see nets/robustbench.py
+if not robustbench.installed():
     pytest.skip("RobustBench is the extra atop-core[robustbench]", allow_module_level=True)
 
 ARCH = "robustbench:Standard"

@@ -15,6 +15,7 @@ fails on one of those they are imported without it.
 """
 
 import importlib
+import importlib.metadata
 import importlib.util
 import sys
 import types
@@ -53,18 +54,29 @@ def parse(arch: str) -> tuple[str, str]:
     return name, threat
 
 
+def installed() -> bool:
+    """Whether RobustBench itself is installed: torchattacks 3.5.1's wheel ships an old copy of
+    its package (no distribution metadata, an older model zoo), which does not count."""
+    try:
+        importlib.metadata.version("robustbench")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def _utils() -> types.ModuleType:
     """`robustbench.utils`, imported without the package's `__init__` when that fails."""
+    if not installed():
+        raise RobustBenchUnavailable(
+            f"RobustBench is not installed; it is an optional extra: {EXTRA} (a `robustbench` "
+            "importable without it is the old copy inside torchattacks' wheel)"
+        )
     try:
         return importlib.import_module("robustbench.utils")
     except ModuleNotFoundError as err:
-        spec = importlib.util.find_spec("robustbench")
-        if spec is None:
-            raise RobustBenchUnavailable(
-                f"RobustBench is not installed; it is an optional extra: {EXTRA}"
-            ) from None
         if (err.name or "").partition(".")[0] not in INIT_ONLY:
             raise
+    spec = importlib.util.find_spec("robustbench")
     sys.modules.pop("robustbench", None)
     package = types.ModuleType("robustbench")
     package.__path__ = list(spec.submodule_search_locations)
