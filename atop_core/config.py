@@ -394,9 +394,9 @@ QUICK = Profile(
     "quick",
     data=DataConfig(train_subset=0, n_eval=512),
     datasets=("cifar10",),
-    # flip_average: 84.7% -> 85.8% on the CIFAR-10 test set for the same weights (8 epochs
-    # trained in 613-657 s on 2 cores); a ninth epoch (~80 s) would fit the classifier's 15
-    # minutes but not the whole quick run_all's 60 (58.5 and 63.2 min measured at 8)
+    # flip_average: about one point of test accuracy for the same weights, at twice the
+    # classifier's cost per evaluation; 8 epochs (about 10 minutes on 2 cores) keep the whole
+    # quick run near an hour
     classifier=ClassifierConfig(epochs=8, adv_epochs=4, flip_average=True),
     # gan_weight 0.01: at this scale the hinge term at the paper's weight 1 made pretraining
     # diverge (PSNR 18 -> 9 dB in 300 steps); 0.01 matched ℓ1 alone (17.6 vs 18.0 dB).

@@ -22,7 +22,7 @@ from bench.workloads import (
     variant,
 )
 
-JUDGE_DRAWS = 5  # the quick profile's EvalConfig.draws
+JUDGE_DRAWS = 5  # draws per image in the judging benchmark (the profiles judge 10)
 GFLOP = 1e9
 
 
