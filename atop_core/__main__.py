@@ -52,14 +52,15 @@ def prepare_data(profile: Profile) -> dict:
             status[name] = {"status": "not run", "reason": reason}
             continue
         train, test = load_dataset(name, "train"), load_dataset(name, "test")
-        _, indices = eval_subset(name, test, profile.data.n_eval, profile.data.eval_seed)
+        scale = profile.for_dataset(name).data
+        _, indices = eval_subset(name, test, scale.n_eval, scale.eval_seed)
         status[name] = {
             "status": "ready",
             "source": train.source,
             "n_train": len(train),
             "n_test": len(test),
             "n_eval": len(indices),
-            "eval_seed": profile.data.eval_seed,
+            "eval_seed": scale.eval_seed,
             "first_indices": indices[:5],
             "wall_s": round(time.perf_counter() - start, 1),
         }
@@ -246,6 +247,7 @@ def _evaluate_module(args: argparse.Namespace, profile: Profile) -> int:
     if args.classifier:
         classifier = model.get_submodule(args.classifier.replace("/", "."))
     name = args.name or args.module.partition(":")[2]
+    profile = profile.for_dataset(args.dataset)
     ev = profile.evaluation
     steps, eot = args.steps or ev.steps, args.eot or ev.eot
     tag = AttackConfig(name=args.attack, eps=args.eps, steps=steps, eot=eot).tag()

@@ -65,10 +65,11 @@ class Comparison:
     purifiers: tuple[str, ...] = ()  # defenses whose purification must hold (clean accuracy)
     expensive: bool = False  # an expensive attack: MIN_IMAGES_EXPENSIVE images suffice
     note: str = ""
+    min_images: int = MIN_IMAGES  # the images a comparison needs (its dataset may ask fewer)
 
     @property
     def required(self) -> int:
-        return MIN_IMAGES_EXPENSIVE if self.expensive else MIN_IMAGES
+        return min(MIN_IMAGES_EXPENSIVE, self.min_images) if self.expensive else self.min_images
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -77,6 +78,13 @@ class Comparison:
             raise ValueError(
                 f"{self.claim}: paired arms need the same images, got n {self.a.n} and {self.b.n}"
             )
+
+
+def images_needed(n_eval: int) -> int:
+    """The images a comparison needs on a profile's fixed list of `n_eval`: MIN_IMAGES, or all
+    of a shorter list of at least MIN_IMAGES_EXPENSIVE (ImageNette's at quick, four times
+    CIFAR's pixels per image); a list shorter still decides nothing."""
+    return max(MIN_IMAGES_EXPENSIVE, min(MIN_IMAGES, n_eval))
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -139,13 +147,20 @@ def _outcomes(record: dict, reading: str) -> dict[int, bool]:
     return dict(zip(record["per_sample"]["index"], per_sample, strict=True))
 
 
-def _clean_accuracy(records: list[dict], defense: str, n: int) -> float | None:
-    """The defense's clean accuracy on the n images (any seed: nothing is attacked)."""
-    for seed in {r["attack"].get("seed", 0) for r in records if r["attack"]["name"] == "clean"}:
-        record = find(records, Arm(defense, AttackConfig(name="clean", seed=seed), n=n))
-        if record is not None:
-            return record["accuracy"][READING]
-    return None
+def _clean_accuracy(records: list[dict], defense: str) -> float | None:
+    """The defense's clean accuracy on the most images it has a record of (any seed: nothing is
+    attacked)."""
+    clean = [
+        r
+        for r in records
+        if r["attack"]["name"] == "clean"
+        and r["protocol"] == "whole-model"
+        and Arm(
+            defense, AttackConfig(name="clean", seed=r["attack"].get("seed", 0)), n=r["n"]
+        ).matches(r)
+        and r.get("complete", True)
+    ]
+    return max(clean, key=lambda r: r["n"])["accuracy"][READING] if clean else None
 
 
 def _why_unreliable(record: dict) -> str:
@@ -226,10 +241,10 @@ def _not_purifying(records: list[dict], c: Comparison, bare: str | None) -> dict
     classifier's clean accuracy, with the two accuracies."""
     if bare is None:
         return {}
-    reference = _clean_accuracy(records, bare, MIN_IMAGES)
+    reference = _clean_accuracy(records, bare)
     out = {}
     for name in c.purifiers:
-        clean = _clean_accuracy(records, name, MIN_IMAGES)
+        clean = _clean_accuracy(records, name)
         if reference is not None and clean is not None and clean < PURIFIES * reference:
             out[name] = f"clean {100 * clean:.1f}% vs classifier {100 * reference:.1f}%"
     return out
@@ -303,6 +318,7 @@ def display(rows: pd.DataFrame) -> pd.DataFrame:
         reason = "; ".join(t for t in (r["reason"], r.get("note")) if t)
         out.append(
             {
+                **({"dataset": r["dataset"]} if "dataset" in r else {}),
                 "claim": r["claim"],
                 "statement": r["statement"],
                 "a vs b": f"{r['a']} · {r['a_attack']} vs {r['b']} · {r['b_attack']}",

@@ -76,8 +76,9 @@ class EvalRun:
     randomness: str
 
     def out(self, dataset: str, defense_name: str) -> Path:
-        """The record's path; the image count is named only when not the profile's `n_eval`."""
-        n = None if self.n in (None, self.profile.data.n_eval) else self.n
+        """The record's path; the image count is named only when not the profile's `n_eval`
+        (for `dataset`)."""
+        n = None if self.n in (None, self.profile.for_dataset(dataset).data.n_eval) else self.n
         return record_path(
             settings().results_dir,
             self.profile.name,
@@ -140,6 +141,7 @@ def evaluate_defense(
     # input gradients with .view, which fails on the channels_last gradients it would produce.
     defense = load_defense(path, device, seed=seed)
     meta = defense.meta
+    run = dataclasses.replace(run, profile=profile.for_dataset(meta["dataset"]))
     described = describe_defense(path, meta, seed)
     subject = Subject(
         model=defense if meta["purifier"] is not None else defense.classifier,

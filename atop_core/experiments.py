@@ -25,6 +25,7 @@ from atop_core.claims import (
     decide,
     display,
     find,
+    images_needed,
     randomness_split,
 )
 from atop_core.config import (
@@ -101,6 +102,11 @@ class Run:
         profile, device = self.profile.name, str(self.device)
         return f"Run({profile=}, dataset={self.dataset!r}, {device=}, seed={self.seed})"
 
+    def on(self, dataset: str) -> "Run":
+        """The same setting on another dataset of its (named) profile."""
+        profile = get_profile(self.profile.name).for_dataset(dataset)
+        return Run(profile, dataset, self.device, self.seed)
+
     def defense(self, purifier: str, transform: str, atop: bool) -> str:
         """A defense's file (from `train_chain`) by its parts; `purifier` none for baselines."""
         return str(defense_path(self.profile, self.dataset, purifier, transform, atop))
@@ -132,7 +138,7 @@ def setup(
     if transform is not None and transform not in TRANSFORM_KINDS[1:]:
         known = ", ".join(TRANSFORM_KINDS[1:])
         raise ValueError(f"unknown transform {transform!r}; known: {known}")
-    return Run(get_profile(profile), dataset, resolve_device(device), seed)
+    return Run(get_profile(profile).for_dataset(dataset), dataset, resolve_device(device), seed)
 
 
 def attack(profile: Profile, name: str, protocol: str, steps: int = 1, **kw) -> AttackConfig:
@@ -446,17 +452,23 @@ def _stem(run: Run, purifier: str, transform: str, atop: bool) -> str:
 
 
 def claim_comparisons(run: Run, purifier: str = "ae") -> list[Comparison]:
-    """C1-C6 at the run's profile: C1 and C2 for every purifier, the rest for `purifier` (at the
-    quick profile the AE, the one that purifies at that scale; the row names it). Attacks at the
-    profile's steps and EOT; 512 images (the profile's fixed list), 256 for RT3 and AutoAttack.
-    """
+    """The profile's claims (of C1-C6): C1 and C2 for each of its `claim_purifiers`, the rest for
+    `purifier` (at the quick profile the AE, the one that purifies at that scale; the row names
+    it). Attacks at the profile's steps and EOT; the profile's fixed list (`images_needed`),
+    256 images for RT3 and AutoAttack."""
     atop = {t: _stem(run, purifier, t, True) for t in ("rt1", "rt2", "rt3")}
     name = f"{purifier.upper()} + AToP"
-    return [
+    comparisons = [
         *_atop_claims(run),
         *_transform_claims(run, atop, name),
         *_generalization_claims(run, atop["rt2"], name),
         *_protocol_and_attack_claims(run, atop["rt2"], name),
+    ]
+    needed = images_needed(run.profile.data.n_eval)
+    return [
+        dataclasses.replace(c, min_images=needed)
+        for c in comparisons
+        if c.claim in run.profile.claims
     ]
 
 
@@ -465,11 +477,11 @@ def _pgd(run: Run) -> AttackConfig:
 
 
 def _atop_claims(run: Run) -> list[Comparison]:
-    """C1 and C2: each purifier's RT2 defense with and without AToP."""
+    """C1 and C2: each claim purifier's RT2 defense with and without AToP."""
     n, pgd = run.profile.data.n_eval, _pgd(run)
     clean = attack(run.profile, "clean", "whole-model")  # the tables' clean records
     out = []
-    for kind in run.profile.purifiers:
+    for kind in run.profile.claim_purifiers:
         atop, plain = _stem(run, kind, "rt2", True), _stem(run, kind, "rt2", False)
         name = kind.upper()
         out.append(  # the claim is about the AToP defense: its purification must hold
@@ -587,10 +599,13 @@ def bare_defense(run: Run) -> str:
 
 def randomness_arms(run: Run) -> list[tuple[Arm, Arm]]:
     """Each C1 defense under PGD-EOT with fresh and with frozen draws (the same images): what the
-    randomness gives, and what the purifier gives on its own."""
+    randomness gives, and what the purifier gives on its own (none when the profile skips it)."""
     p = run.profile
+    if not p.frozen_split:
+        return []
     pgd = attack(p, "pgd", "whole-model", p.evaluation.steps)
-    names = [_stem(run, kind, "rt2", atop) for kind in p.purifiers for atop in (False, True)]
+    kinds = p.claim_purifiers
+    names = [_stem(run, kind, "rt2", atop) for kind in kinds for atop in (False, True)]
     return [
         (Arm(s, pgd, n=p.data.n_eval), Arm(s, pgd, n=p.data.n_eval, randomness="frozen"))
         for s in names
@@ -672,19 +687,44 @@ def indicator_summary(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def claims_runs(run: Run) -> list[Run]:
+    """The run on each dataset of its profile that has records, in the profile's order."""
+    results = settings().results_dir / run.profile.name
+    datasets = [d for d in get_profile(run.profile.name).datasets if (results / d).is_dir()]
+    return [run.on(d) for d in datasets]
+
+
+def all_claims(run: Run, purifier: str = "ae") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`claims_section` of every dataset with records, one table each with a dataset column
+    (Holm's adjustment stays within a dataset's rows)."""
+    sections = [(r.dataset, *claims_section(r, purifier)) for r in claims_runs(run)]
+    rows = [rows.assign(dataset=d) for d, rows, _ in sections if not rows.empty]
+    splits = [split.assign(dataset=d) for d, _, split in sections if not split.empty]
+    first = ["dataset"]
+    return (
+        pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(),
+        pd.concat(splits, ignore_index=True)[first + list(splits[0].columns.drop("dataset"))]
+        if splits
+        else pd.DataFrame(),
+    )
+
+
 def write_claims(run: Run, purifier: str = "ae") -> list:
-    """Decide the claims, write tables/<profile>/claims.md|csv and the loss-trace figure, and
-    return the report's claims blocks (`report.claims_blocks`)."""
-    rows, split = claims_section(run, purifier)
+    """Decide the claims on every dataset with records, write tables/<profile>/claims.md|csv
+    and each dataset's loss-trace figure, and return the report's claims blocks
+    (`report.claims_blocks`)."""
+    rows, split = all_claims(run, purifier)
     shown = display(rows)
     tables = settings().tables_dir(run.profile.name)
     tables.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(tables / "claims.md", (markdown_table(shown) + "\n").encode())
     write_bytes_atomic(tables / "claims.csv", rows.to_csv(index=False).encode())
-    figure = None
-    if traces := claims_loss_traces(run, purifier):
-        figure, _ = save_figure(plots.loss_traces(traces), run.figures / "claims_loss_traces")
-    return claims_blocks(shown, split, figure, report_path(run.profile).parent)
+    figures = []
+    for r in claims_runs(run):
+        if traces := claims_loss_traces(r, purifier):
+            figure, _ = save_figure(plots.loss_traces(traces), r.figures / "claims_loss_traces")
+            figures.append((r.dataset, figure))
+    return claims_blocks(shown, split, figures, report_path(run.profile).parent)
 
 
 def update_readme_claims(run: Run, purifier: str = "ae") -> bool:
@@ -693,9 +733,10 @@ def update_readme_claims(run: Run, purifier: str = "ae") -> bool:
     readme = settings().home / "README.md"
     if not readme.exists():
         return False
-    rows, _ = claims_section(run, purifier)
+    rows, _ = all_claims(run, purifier)
+    datasets = ", ".join(r.dataset for r in claims_runs(run))
     source = (
-        f"Generated by `bash run_all.sh` (profile `{run.profile.name}`, {run.dataset}) from the "
+        f"Generated by `bash run_all.sh` (profile `{run.profile.name}`; {datasets}) from the "
         f"records under `results/{run.profile.name}/`; the same table opens `REPORT.md`."
     )
     return update_readme(readme, display(rows), source)

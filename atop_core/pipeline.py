@@ -83,6 +83,7 @@ class DataBundle:
 
 
 def load_bundle(profile: Profile, dataset: str) -> DataBundle:
+    profile = profile.for_dataset(dataset)
     size = profile.data.max_size
     train, test = (shrink(load_dataset(dataset, split), size) for split in ("train", "test"))
     sub, _ = eval_subset(dataset, test, profile.data.n_eval, profile.data.eval_seed)
@@ -338,6 +339,7 @@ def train_chain(profile: Profile, dataset: str, device: torch.device) -> list[di
     """Train (or reuse) every stage for `dataset` and save the defenses: the bare classifier, each
     adversarially trained baseline, and one per purifier × transform × AToP. Returns their
     sidecars, each with its clean accuracy on the fixed evaluation subset."""
+    profile = profile.for_dataset(dataset)
     data = load_bundle(profile, dataset)
     classifier = get_classifier(profile, data, device)
     cls_acc = distributed.on_main(lambda: accuracy(classifier, *_eval(data), device))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from atop_core.analysis import attack_strength
-from atop_core.config import PROFILES
+from atop_core.config import PROFILES, Profile
 from atop_core.io import write_bytes_atomic
 from atop_core.precision import FLOAT32
 from atop_core.provenance import UNRECORDED
@@ -194,8 +194,23 @@ def scale_statement(profile: str) -> str:
         f"{e.steps} steps and EOT {e.eot};{cap if e.step_cap else ''} {e.draws} defense draws "
         f"per adversarial example; sanity checks on {e.sanity_n} images (the bare-classifier "
         f"check on all of a record's); datasets: "
-        f"{', '.join(p.datasets)}."
+        f"{', '.join(p.datasets)}.{dataset_changes(p)}"
     ).strip()
+
+
+def dataset_changes(p: Profile) -> str:
+    """The profile's changes for single datasets (`Profile.per_dataset`), as a sentence each."""
+    out = ""
+    for dataset, changes in p.per_dataset.items():
+        parts = []
+        for name, value in changes.items():
+            if isinstance(value, dict):
+                parts += [f"{name}.{k} {v}" for k, v in value.items()]
+            else:
+                shown = ", ".join(map(str, value)) if isinstance(value, tuple) else value
+                parts.append(f"{name} {'off' if value is False else shown or 'none'}")
+        out += f" On {dataset}: {'; '.join(parts)}."
+    return out
 
 
 def code_statement(done: pd.DataFrame) -> str:
@@ -338,7 +353,8 @@ CLAIMS_LEAD = (
     "judged over every draw of the record. The reading that decides is the majority vote over "
     "the draws (the deployed random defense answers by vote); worst-of-N (every draw right) is "
     "shown beside it. The paired difference has Newcombe's 95% interval, the p-value is the exact "
-    "McNemar test on the images the two records disagree on, Holm-adjusted across the rows. "
+    "McNemar test on the images the two records disagree on, Holm-adjusted across one dataset's "
+    "rows. "
     "`supported` needs a significant difference in the claimed direction (or, for 'keeps' and "
     "'at least as strong', an interval within the stated margin); rows on too few images, on a "
     "record the sanity checks or attack-failure indicators mark unreliable, or on a purifier "
@@ -352,17 +368,18 @@ SPLIT_LEAD = (
 
 
 def claims_blocks(
-    claims: pd.DataFrame, split: pd.DataFrame, figure: Path | None, out_dir: Path
+    claims: pd.DataFrame, split: pd.DataFrame, figures: list[tuple[str, Path]], out_dir: Path
 ) -> list[Block]:
     """The claims section that opens the report (`claims.display` rows, the randomness split,
-    the loss traces of the compared records)."""
+    each dataset's loss traces of the compared records)."""
     blocks: list[Block] = [("h", (2, "The paper's claims, decided")), ("p", CLAIMS_LEAD)]
     blocks.append(("table", claims) if not claims.empty else ("p", "No claim has records yet."))
     if not split.empty:
         blocks += [("p", SPLIT_LEAD), ("table", split)]
-    if figure is not None and figure.exists():
-        caption = "Attack loss per iterate of the claims' records"
-        blocks.append(("image", (os.path.relpath(figure, out_dir), caption)))
+    for dataset, figure in figures:
+        if figure.exists():
+            caption = f"Attack loss per iterate of the claims' records ({dataset})"
+            blocks.append(("image", (os.path.relpath(figure, out_dir), caption)))
     return blocks
 
 

@@ -146,7 +146,7 @@ def evaluate(
             "the classifier-only protocol attacks the classifier inside the model: pass "
             "classifier=<that module> (or use protocol='whole-model')"
         )
-    prof = get_profile(profile)
+    prof = get_profile(profile).for_dataset(dataset)
     device = resolve_device(device or "auto")
     attack_cfg = AttackConfig(
         name=attack,

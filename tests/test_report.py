@@ -87,7 +87,7 @@ def test_report_lists_what_was_not_run_and_why(written):
     _, md, _ = written
     section = md.split("## What was not run, and why")[1].split("## Paper tables whose")[0]
     assert "`table8_imagenette_ablation`" in section
-    assert "imagenette is not among the quick profile's datasets: all cells" in section
+    assert "no imagenette records at this profile: all cells" in section
     assert "`table2_sota_cifar10`: runs at the paper profile only" in section
     assert "cifar100: no local copy offline" in section
 
