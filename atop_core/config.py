@@ -399,11 +399,11 @@ class Profile:
         """The profile as it runs on `dataset`: its `per_dataset` changes applied (none left, so
         applying it again changes nothing)."""
         changed: dict[str, object] = {"per_dataset": {}}
-        for name, value in self.per_dataset.get(dataset, {}).items():
-            section = getattr(self, name, None)
-            is_section = dataclasses.is_dataclass(section) and isinstance(value, dict)
-            changed[name] = with_fields(section, **value) if is_section else value
         try:
+            for name, value in self.per_dataset.get(dataset, {}).items():
+                section = getattr(self, name, None)
+                is_section = dataclasses.is_dataclass(section) and isinstance(value, dict)
+                changed[name] = with_fields(section, **value) if is_section else value
             return with_fields(self, **changed)
         except ValueError as bad:
             raise ValueError(f"profile {self.name!r}, per_dataset[{dataset!r}]: {bad}") from None

@@ -532,8 +532,11 @@ def _transform_claims(run: Run, atop: dict[str, str], name: str) -> list[Compari
 
 
 def _generalization_claims(run: Run, defense: str, name: str) -> list[Comparison]:
-    """C4: the adversarially trained baseline wins on its own attack (L∞), AToP on unseen ones."""
+    """C4: the adversarially trained baseline wins on its own attack (L∞), AToP on unseen ones
+    (none without a baseline)."""
     p, n = run.profile, run.profile.data.n_eval
+    if not p.baselines:
+        return []
     at = bare_defense(run).replace("plain", f"at-{p.baselines[0]}")
     out = []
     for label, attack_name, at_wins in GENERALIZATION_CLAIMS:

@@ -96,3 +96,29 @@ def test_profile_refuses_unknown_purifier_and_transform_names():
         get_profile("smoke", purifiers=("gan", "diffusion"))
     with pytest.raises(ValueError, match="unknown transform kind 'rt9'"):
         get_profile("smoke", transforms=("rt9",))
+
+
+def test_a_dataset_runs_with_its_own_changes_and_the_others_without():
+    quick = get_profile("quick")
+    imagenette = quick.for_dataset("imagenette")
+    assert imagenette.data.max_size == 32 and imagenette.classifier.epochs == 16
+    assert imagenette.data.n_eval == quick.data.n_eval  # a section keeps the fields not named
+    assert imagenette.baselines == () and imagenette.claims == ("C1", "C5")
+    assert imagenette.for_dataset("imagenette") == imagenette  # applied once, nothing left
+    cifar = quick.for_dataset("cifar10")
+    assert cifar.data == quick.data and cifar.classifier == quick.classifier
+    assert cifar.baselines == quick.baselines and cifar.claims == quick.claims
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"data": {"max_size": -1}}, "per_dataset\\['imagenette'\\]: max_size must be >= 0"),
+        ({"data": {"max_px": 64}}, "unknown DataConfig field\\(s\\) \\['max_px'\\]"),
+        ({"classifer": {"epochs": 2}}, "unknown Profile field\\(s\\) \\['classifer'\\]"),
+        ({"claims": ("C7",)}, "unknown claims \\['C7'\\]"),
+    ],
+)
+def test_bad_per_dataset_changes_are_refused_naming_the_dataset_and_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        get_profile("quick", per_dataset={"imagenette": changes})

@@ -143,3 +143,24 @@ def test_the_generalization_table_attacks_every_purifier_and_the_baselines():
         "defense-ae-rt2-plain",
         "defense-ae-rt2-atop",
     ]
+
+
+def test_each_dataset_decides_the_claims_its_profile_names():
+    cifar = ex.claim_comparisons(ex.setup("quick", "cifar10", "cpu"))
+    assert {c.claim for c in cifar} == {"C1", "C2", "C3", "C4", "C5", "C6"}
+    assert all("GAN" not in c.statement for c in cifar)  # C1/C2 on the AE at quick
+    imagenette = ex.setup("quick", "imagenette", "cpu")
+    rows = ex.claim_comparisons(imagenette)
+    assert [c.claim for c in rows] == ["C1", "C5"]
+    assert all(c.min_images == 512 and c.a.n == 512 for c in rows)
+    assert ex.randomness_arms(imagenette) == []  # the frozen split runs on CIFAR-10 only
+    assert {c.claim for c in ex.claim_comparisons(ex.setup("paper", "imagenette", "cpu"))} == {
+        "C1", "C2", "C3", "C4", "C5", "C6"
+    }  # fmt: skip
+
+
+def test_a_run_moves_to_another_dataset_with_that_datasets_profile():
+    run = ex.setup("quick", "cifar10", "cpu")
+    moved = run.on("imagenette")
+    assert moved.dataset == "imagenette" and moved.profile.data.max_size == 32
+    assert moved.on("cifar10").profile == run.profile

@@ -126,3 +126,27 @@ def test_markdown_table_escapes_pipes():
 
 def test_latex_escape_handles_specials_and_marks():
     assert report.latex_escape("50% & x_1 ✓ ⁱ") == r"50\% \& x\_1 \checkmark{} \textsuperscript{i}"
+
+
+def test_the_scale_statement_names_each_datasets_changes():
+    text = report.scale_statement("quick")
+    assert "On imagenette: data.max_size 32;" in text and "claims C1, C5" in text
+    assert "baselines none" in text and "frozen_split off" in text
+    assert "On " not in report.scale_statement("paper")
+
+
+def test_the_claims_section_shows_each_datasets_loss_traces(tmp_path):
+    figures = []
+    for dataset in ("cifar10", "imagenette"):
+        path = tmp_path / "figures" / dataset / "claims_loss_traces.png"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"png")
+        figures.append((dataset, path))
+    figures.append(("cifar100", tmp_path / "missing.png"))
+    blocks = report.claims_blocks(pd.DataFrame(), pd.DataFrame(), figures, tmp_path)
+    captions = [b[1] for b in blocks if b[0] == "image"]
+    lead = "Attack loss per iterate of the claims' records"
+    assert captions == [
+        ("figures/cifar10/claims_loss_traces.png", f"{lead} (cifar10)"),
+        ("figures/imagenette/claims_loss_traces.png", f"{lead} (imagenette)"),
+    ]
