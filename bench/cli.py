@@ -21,6 +21,7 @@ from bench import (
     finetune,
     memory,
     precision,
+    resolution,
     roofline,
     stages,
 )
@@ -38,6 +39,7 @@ for _name, _module in (
     ("explorer", explorer),  # on trained defenses only, like precision's fidelity
     ("cost", cost),  # FLOP counts, not timings: the paper profile's cost on GPUs
     ("stages", stages),  # one epoch of each paper-profile training stage (CUDA only by default)
+    ("resolution", resolution),  # ImageNette's classifier at 32/48/64 px: only when named
 ):
     BENCHMARKS.register(_name)(_module.run)
 
@@ -56,6 +58,7 @@ COLUMNS = {
     + ["bf16_speedup"],
     "explorer": ["defense", "transform", "redraw_s", "attack_s", "attack"],
     "cost": ["dataset", "kind", "stage", "images", "pflop", "h100_hours", "h100x8_hours"],
+    "resolution": ["size", "pixels_vs_32", "epochs", "train_images", "train_s", "accuracy"],
     "stages": ["stage", "batch", "images_per_s", "epoch_s", "gflop_per_s"]
     + ["fraction_of_h100_peak"],
     "precision/fidelity": ["defense", "bf16_cosine", "bf16_sign_agreement", "draws_cosine"]
@@ -64,6 +67,7 @@ COLUMNS = {
 QUICK = {"archs": ("quick",), "repeats": 2, "budget_s": 5.0, "steps": 1}
 # bf16 runs emulated on a CPU without it (AVX2): many minutes for numbers of no use there
 DEFAULT_CUDA_ONLY = ("precision", "stages")
+ONLY_WHEN_NAMED = ("resolution",)  # trains three classifiers: minutes whatever the device
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -156,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    names = args.names or [n for n in BENCHMARKS if cuda or n not in DEFAULT_CUDA_ONLY]
+    names = args.names or [
+        n for n in BENCHMARKS if n not in ONLY_WHEN_NAMED and (cuda or n not in DEFAULT_CUDA_ONLY)
+    ]
     for name in names:
         BENCHMARKS.get_entry(name)  # refuses unknown names before anything runs
     if args.threads:
