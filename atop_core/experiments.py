@@ -698,18 +698,19 @@ def claims_runs(run: Run) -> list[Run]:
 
 
 def all_claims(run: Run, purifier: str = "ae") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`claims_section` of every dataset with records, one table each with a dataset column
-    (Holm's adjustment stays within a dataset's rows)."""
-    sections = [(r.dataset, *claims_section(r, purifier)) for r in claims_runs(run)]
-    rows = [rows.assign(dataset=d) for d, rows, _ in sections if not rows.empty]
-    splits = [split.assign(dataset=d) for d, _, split in sections if not split.empty]
-    first = ["dataset"]
-    return (
-        pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(),
-        pd.concat(splits, ignore_index=True)[first + list(splits[0].columns.drop("dataset"))]
-        if splits
-        else pd.DataFrame(),
-    )
+    """`claims_section` of every dataset with records, stacked, a dataset column first (Holm's
+    adjustment stays within a dataset's rows)."""
+    rows, splits = [], []
+    for r in claims_runs(run):
+        section, split = claims_section(r, purifier)
+        rows.append(section.assign(dataset=r.dataset))
+        splits.append(split.assign(dataset=r.dataset))
+    return _stacked(rows), _stacked(splits)
+
+
+def _stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame[["dataset", *frame.columns.drop("dataset")]] if len(frame) else pd.DataFrame()
 
 
 def write_claims(run: Run, purifier: str = "ae") -> list:
