@@ -431,8 +431,7 @@ QUICK = Profile(
     "quick",
     data=DataConfig(train_subset=0, n_eval=512),
     # flip_average: about one point of test accuracy for the same weights, at twice the
-    # classifier's cost per evaluation; 8 epochs (about 10 minutes on 2 cores) keep the whole
-    # quick run near an hour
+    # classifier's cost per evaluation; 8 epochs: about 10 minutes on 2 cores
     classifier=ClassifierConfig(epochs=8, adv_epochs=4, flip_average=True),
     # gan_weight 0.01: at this scale the hinge term at the paper's weight 1 made pretraining
     # diverge (PSNR 18 -> 9 dB in 300 steps); 0.01 matched ℓ1 alone (17.6 vs 18.0 dB).
@@ -453,10 +452,10 @@ QUICK = Profile(
     # C1/C2 rows could only say it does not purify; its PGD records on 512 images cost minutes
     claim_purifiers=("ae",),
     per_dataset={
-        # ImageNette at 32 px (docs/performance.md: 75% for the classifier at 32 px, 77% at
-        # 64 px after 12 epochs, every stage four times the cost per image at 64 px). Its 5,000
-        # training images are a tenth of CIFAR-10's: more epochs for the same passes. No
-        # adversarially trained baseline; the claims its records decide: C1 (AE) and C5.
+        # ImageNette at 32 px: `python -m bench resolution` (docs/performance.md) found its
+        # classifier within two points at 64 px, where every stage costs four times as much
+        # per image. Its 5,000 local training images are a tenth of CIFAR-10's: more epochs.
+        # No adversarially trained baseline; the claims its records decide: C1 (AE) and C5.
         "imagenette": {
             "data": {"max_size": 32},
             "classifier": {"epochs": 16},
