@@ -222,14 +222,11 @@ PER_ROW = "per row"  # the block of a table whose rows pin their own protocols
 
 def not_run_reason(entry: dict, sel: Mapping, absent: str | None, profile: str, frame) -> str:
     """Why a cell has no record, as far as the reference data and the profile tell."""
-    datasets = PROFILES[profile].datasets if profile in PROFILES else ()
     dataset = sel.get("dataset")
     if absent:
         return absent
     if entry.get("profiles") and profile not in entry["profiles"]:
         return f"runs at the {'/'.join(entry['profiles'])} profile only"
-    if dataset and datasets and dataset not in datasets:
-        return f"{dataset} is not among the {profile} profile's datasets"
     if dataset and not (frame["dataset"] == dataset).any():
         return f"no {dataset} records at this profile"
     return "no matching record"
