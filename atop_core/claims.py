@@ -65,11 +65,10 @@ class Comparison:
     purifiers: tuple[str, ...] = ()  # defenses whose purification must hold (clean accuracy)
     expensive: bool = False  # an expensive attack: MIN_IMAGES_EXPENSIVE images suffice
     note: str = ""
-    min_images: int = MIN_IMAGES  # the images a comparison needs (its dataset may ask fewer)
 
     @property
     def required(self) -> int:
-        return min(MIN_IMAGES_EXPENSIVE, self.min_images) if self.expensive else self.min_images
+        return MIN_IMAGES_EXPENSIVE if self.expensive else MIN_IMAGES
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -78,13 +77,6 @@ class Comparison:
             raise ValueError(
                 f"{self.claim}: paired arms need the same images, got n {self.a.n} and {self.b.n}"
             )
-
-
-def images_needed(n_eval: int) -> int:
-    """The images a comparison needs on a profile's fixed list of `n_eval`: MIN_IMAGES, or all
-    of a shorter list of at least MIN_IMAGES_EXPENSIVE (ImageNette's at quick, four times
-    CIFAR's pixels per image); a list shorter still decides nothing."""
-    return max(MIN_IMAGES_EXPENSIVE, min(MIN_IMAGES, n_eval))
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -153,11 +145,9 @@ def _clean_accuracy(records: list[dict], defense: str) -> float | None:
     clean = [
         r
         for r in records
-        if r["attack"]["name"] == "clean"
+        if r["defense"]["name"] == defense
+        and r["attack"]["name"] == "clean"
         and r["protocol"] == "whole-model"
-        and Arm(
-            defense, AttackConfig(name="clean", seed=r["attack"].get("seed", 0)), n=r["n"]
-        ).matches(r)
         and r.get("complete", True)
     ]
     return max(clean, key=lambda r: r["n"])["accuracy"][READING] if clean else None
