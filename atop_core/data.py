@@ -384,13 +384,18 @@ def load_dataset(
     )
 
 
-def unavailable_reason(name: str) -> str | None:
+def unavailable_reason(name: str, brief: bool = False) -> str | None:
     """None when both splits of dataset `name` load here, else why not (no local copy while
-    offline, a malformed copy): the one check every command and report uses."""
+    offline, a malformed copy): the one check every command and report uses. `brief` leaves
+    out the folders searched on this machine (for the committed report)."""
     try:
         for split in SPLITS:
             load_dataset(name, split)
-    except (DataNotFoundError, DataFormatError) as err:
+    except DataNotFoundError as err:
+        if brief:
+            return f"no copy of {name} found and none downloaded (docs/data.md: where to put one)"
+        return str(err)
+    except DataFormatError as err:
         return str(err)
     return None
 

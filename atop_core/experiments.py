@@ -354,7 +354,7 @@ def report_path(profile: Profile) -> Path:
 
 def not_run_notes(profile: Profile) -> dict[str, str]:
     """Each of the profile's datasets that cannot be loaded here, with the reason."""
-    reasons = {name: unavailable_reason(name) for name in profile.datasets}
+    reasons = {name: unavailable_reason(name, brief=True) for name in profile.datasets}
     return {name: f"not run: {reason}" for name, reason in reasons.items() if reason}
 
 

@@ -234,6 +234,8 @@ def test_unavailable_reason_is_none_for_a_copy_and_the_error_when_offline(tmp_pa
     reason = unavailable_reason("cifar100")
     assert reason.startswith("no copy of cifar100/train found")
     assert "network is unreachable" in reason
+    brief = unavailable_reason("cifar100", brief=True)
+    assert brief.startswith("no copy of cifar100 found") and str(tmp_path) not in brief
 
 
 # --- fixed evaluation subsets ---------------------------------------------------------------------
