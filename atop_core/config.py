@@ -430,9 +430,9 @@ SMOKE = Profile(
 QUICK = Profile(
     "quick",
     data=DataConfig(train_subset=0, n_eval=512),
-    # flip_average: about one point of test accuracy for the same weights, at twice the
-    # classifier's cost per evaluation; 8 epochs: about 10 minutes on 2 cores
-    classifier=ClassifierConfig(epochs=8, adv_epochs=4, flip_average=True),
+    # 8 epochs: about 8 minutes on 2 cores. No flip averaging: the classifier is over half of
+    # every attack step's arithmetic, and the mirror view doubles it (docs/performance.md)
+    classifier=ClassifierConfig(epochs=8, adv_epochs=4),
     # gan_weight 0.01: at this scale the hinge term at the paper's weight 1 made pretraining
     # diverge (PSNR 18 -> 9 dB in 300 steps); 0.01 matched ℓ1 alone (17.6 vs 18.0 dB).
     purifier=PurifierConfig(width=16, epochs=1, train_subset=30_000, gan_weight=0.01),
