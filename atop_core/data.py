@@ -72,6 +72,15 @@ IMAGENETTE_CLASSES = tuple(
     "n01440764 n02102040 n02979186 n03000684 n03028079 n03394916 n03417042 n03425413 n03445777 "
     "n03888257".split()
 )
+# What a reader calls ImageNette's classes (its folders are named by WordNet id)
+CLASS_WORDS = dict(
+    zip(
+        IMAGENETTE_CLASSES,
+        "tench|English springer|cassette player|chain saw|church|French horn|garbage truck|"
+        "gas pump|golf ball|parachute".split("|"),
+        strict=True,
+    )
+)
 IMAGENETTE_SIZE = 128  # the local copy's resolution (docs/data.md); downloads are resized
 
 
@@ -143,6 +152,11 @@ class ImageTensorDataset(Dataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels.long()
         self.classes, self.source = tuple(classes), source
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes in words, for figures (ImageNette's WordNet ids become names)."""
+        return tuple(CLASS_WORDS.get(c, c) for c in self.classes)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -350,7 +350,7 @@ class Explorer:
 
     @property
     def classes(self) -> list[str]:
-        return self.data.train.classes
+        return list(self.data.train.class_names)
 
     def figure(self) -> Figure:
         """The current view as a figure."""

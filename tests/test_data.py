@@ -74,6 +74,15 @@ def test_imagenette_test_split_reads_the_val_folder(tmp_path):
     assert len(ds) == 10 and ds.images.shape[-1] == 128
 
 
+def test_figures_name_imagenette_classes_in_words_and_keep_other_names(tmp_path):
+    write_tree(tmp_path, "imagenette", per_class=1, size=128, splits=("val",))
+    names = load_dataset("imagenette", "test", root=tmp_path).class_names
+    assert names[0] == "tench" and names[-1] == "parachute" and len(set(names)) == 10
+    write_tree(tmp_path, "cifar10", per_class=1, splits=("test",))
+    cifar = load_dataset("cifar10", "test", root=tmp_path)
+    assert cifar.class_names == cifar.classes
+
+
 def test_cifar100_local_tree_has_100_classes_in_torchvision_order(tmp_path):
     write_tree(tmp_path, "cifar100", per_class=1, splits=("test",))
     ds = load_dataset("cifar100", "test", root=tmp_path)
