@@ -19,6 +19,7 @@ from bench import (
     evaluation,
     explorer,
     finetune,
+    flip,
     memory,
     precision,
     resolution,
@@ -39,6 +40,7 @@ for _name, _module in (
     ("explorer", explorer),  # on trained defenses only, like precision's fidelity
     ("cost", cost),  # FLOP counts, not timings: the paper profile's cost on GPUs
     ("stages", stages),  # one epoch of each paper-profile training stage (CUDA only by default)
+    ("flip", flip),  # the flip-averaged classifier's cost to an attack (quick nets)
     ("resolution", resolution),  # ImageNette's classifier at 32/48/64 px: only when named
 ):
     BENCHMARKS.register(_name)(_module.run)
@@ -58,6 +60,8 @@ COLUMNS = {
     + ["bf16_speedup"],
     "explorer": ["defense", "transform", "redraw_s", "attack_s", "attack"],
     "cost": ["dataset", "kind", "stage", "images", "pflop", "h100_hours", "h100x8_hours"],
+    "flip": ["purifier", "flip_average", "image_draw_steps_per_s", "classifier_share"]
+    + ["slowdown"],
     "resolution": ["size", "pixels_vs_32", "epochs", "train_images", "train_s", "accuracy"],
     "stages": ["stage", "batch", "images_per_s", "epoch_s", "gflop_per_s"]
     + ["fraction_of_h100_peak"],
