@@ -72,7 +72,8 @@ def _tidy_text(text: str, roots: dict[str, str]) -> str:
 def tidy_notebook(book: nbformat.NotebookNode, roots: dict[str, str]) -> nbformat.NotebookNode:
     """An executed notebook as a reader should see it: progress bars at their final state, each
     folder of `roots` (absolute path -> short name, e.g. the ATOP_HOME -> "$ATOP_HOME") written as
-    its name, and the kernel named as JupyterLab names it (else it marks the notebook edited)."""
+    its name (in outputs and in papermill's record of the run's paths), and the kernel named as
+    JupyterLab names it (else it marks the notebook edited)."""
     for cell in book.cells:
         for out in cell.get("outputs", []):
             if "text" in out:
@@ -80,6 +81,10 @@ def tidy_notebook(book: nbformat.NotebookNode, roots: dict[str, str]) -> nbforma
             for mime, value in out.get("data", {}).items():
                 if mime.startswith("text/") and isinstance(value, str):
                     out["data"][mime] = _tidy_text(value, roots)
+    run = book.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if isinstance(run.get(key), str):
+            run[key] = _tidy_text(run[key], roots)
     book.metadata["kernelspec"] = dict(KERNEL_SPEC)
     return book
 
@@ -119,6 +124,9 @@ def output_problems(book: nbformat.NotebookNode) -> list[str]:
     widget_models = book.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     if book.metadata.get("kernelspec", {}).get("display_name") != KERNEL_SPEC["display_name"]:
         problems.append(f"kernel display name is not {KERNEL_SPEC['display_name']!r}")
+    for key, value in book.metadata.get("papermill", {}).items():
+        if key.endswith("_path") and isinstance(value, str) and MACHINE_PATH.search(value):
+            problems.append(f"papermill's {key} is a machine path ({value})")
     for number, cell in enumerate(book.cells, 1):
         for out in cell.get("outputs", []):
             text, data = _output_text(out), out.get("data", {})

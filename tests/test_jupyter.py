@@ -84,6 +84,24 @@ def test_tidying_names_machine_folders_collapses_bars_and_fixes_the_kernel_name(
     assert output_problems(tidy) == []
 
 
+def test_papermills_record_of_the_run_names_folders_like_the_outputs():
+    book = _executed(_stream("done\n"), kernel=KERNEL_SPEC["display_name"])
+    book.metadata["papermill"] = {
+        "input_path": "notebooks/10_train_classifier.ipynb",
+        "output_path": "/home/u/atop/outputs/quick/cifar10/10_train_classifier.ipynb",
+    }
+    assert output_problems(book) == [
+        "papermill's output_path is a machine path "
+        "(/home/u/atop/outputs/quick/cifar10/10_train_classifier.ipynb)"
+    ]
+    tidy = tidy_notebook(book, {"/home/u/atop": "$ATOP_HOME"})
+    assert tidy.metadata["papermill"]["output_path"] == (
+        "$ATOP_HOME/outputs/quick/cifar10/10_train_classifier.ipynb"
+    )
+    assert tidy.metadata["papermill"]["input_path"] == "notebooks/10_train_classifier.ipynb"
+    assert output_problems(tidy) == []
+
+
 @pytest.mark.parametrize(
     ("output", "problem"),
     [
