@@ -430,8 +430,8 @@ SMOKE = Profile(
 QUICK = Profile(
     "quick",
     data=DataConfig(train_subset=0, n_eval=512),
-    # 8 epochs: about 8 minutes on 2 cores. No flip averaging: the classifier is over half of
-    # every attack step's arithmetic, and the mirror view doubles it (docs/performance.md)
+    # 8 epochs: about 7 minutes on 2 cores. No flip averaging: the mirror view doubled the
+    # classifier, making it over half of every attack step's arithmetic (docs/performance.md)
     classifier=ClassifierConfig(epochs=8, adv_epochs=4),
     # gan_weight 0.01: at this scale the hinge term at the paper's weight 1 made pretraining
     # diverge (PSNR 18 -> 9 dB in 300 steps); 0.01 matched ℓ1 alone (17.6 vs 18.0 dB).

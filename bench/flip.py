@@ -1,7 +1,7 @@
 """flip: what averaging the classifier's logits over the image and its mirror costs an attack.
 Full-gradient PGD-EOT through the quick defense (GAN and AE), our way, with the classifier
 evaluated once or flip-averaged (two views per image), timed in interleaved rounds on the same
-images; also each network's share of the arithmetic of one image-draw-step."""
+images; also the classifier's share of the arithmetic of one image-draw-step."""
 
 import dataclasses
 
