@@ -6,8 +6,17 @@ shown beside it) and the test: `greater` (a above b), `not_lower` (a at most `ma
 or `not_higher` (a at most `margin` above b). Its row gives both accuracies with Wilson
 intervals, the paired difference with Newcombe's interval, the exact McNemar p-value,
 Holm-adjusted across the section, and a verdict: supported, contradicted or inconclusive, with
-the reason (a missing or unreliable record, too few images, a purifier that does not purify at
-this scale, or a difference within the noise).
+the reason (a missing record, too few images, an unreliable record the verdict rests on, a
+purifier that does not purify at this scale, or a difference within the noise).
+
+Which unreliable record a verdict rests on: a record that fails a gradient-masking check may
+overstate its defense's robustness. Where the arms are two defenses under one attack, a verdict
+that needs an arm's accuracy to be high rests on that arm (`greater` and `not_lower` are
+supported by a high `a` and contradicted by a high `b`; `not_higher` the other way round).
+Where the arms are one defense under two attacks (or protocols), the row compares the attacks:
+each record measures its own attack's success, judged by the real defense with fresh draws, so
+a weak attack is what the row measures, not a flaw in it, and no verdict rests on a sanity check.
+Unreliable arms a verdict does not rest on are named beside it.
 """
 
 import math
@@ -69,6 +78,11 @@ class Comparison:
     @property
     def required(self) -> int:
         return MIN_IMAGES_EXPENSIVE if self.expensive else MIN_IMAGES
+
+    @property
+    def compares_attacks(self) -> bool:
+        """Both arms are one defense: the row compares two attacks or protocols."""
+        return self.a.defense == self.b.defense
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -153,10 +167,10 @@ def _clean_accuracy(records: list[dict], defense: str) -> float | None:
     return max(clean, key=lambda r: r["n"])["accuracy"][READING] if clean else None
 
 
-def _why_unreliable(record: dict) -> str:
+def _why_unreliable(arm: Arm, record: dict) -> str:
     failed = [k for k, v in record.get("sanity", {}).items() if v.get("passed") is False]
     failed += [k for k, v in record.get("indicators", {}).items() if v.get("fired")]
-    return ", ".join(failed) or "marked unreliable"
+    return f"{arm.defense} · {arm.describe()}: {', '.join(failed) or 'marked unreliable'}"
 
 
 # --- deciding -----------------------------------------------------------------------------------
@@ -213,14 +227,13 @@ def compare(records: list[dict], c: Comparison, bare_defense: str | None = None)
         only_a=only_a,
         only_b=only_b,
         p=mcnemar_exact(only_a, only_b),
-        unreliable=[
-            name for name, r in ((c.a.defense, ra), (c.b.defense, rb)) if r.get("unreliable")
-        ],
+        unreliable=[side for side, r in (("a", ra), ("b", rb)) if r.get("unreliable")],
         why_unreliable={
-            name: _why_unreliable(r)
-            for name, r in ((c.a.defense, ra), (c.b.defense, rb))
+            side: _why_unreliable(arm, r)
+            for side, arm, r in (("a", c.a, ra), ("b", c.b, rb))
             if r.get("unreliable")
         },
+        compares_attacks=c.compares_attacks,
         not_purifying=_not_purifying(records, c, bare_defense),
     )
     return row
@@ -248,12 +261,24 @@ def verdict(row: dict, required: int) -> tuple[str, str]:
         return "inconclusive", f"too few images ({row['n']} < {required})"
     if row["draws"] < CLAIM_DRAWS:
         return "inconclusive", f"too few draws per image ({row['draws']} < {CLAIM_DRAWS})"
-    if row["unreliable"]:
-        why = "; ".join(f"{k}: {v}" for k, v in row["why_unreliable"].items())
-        return "inconclusive", f"unreliable record ({why})"
+    decided, reason = _tested(row)
+    why = row["why_unreliable"]
+    rests_on = _rests_on(row["test"], decided, row["compares_attacks"])
+    if rests_on in why:
+        return "inconclusive", f"unreliable record ({why[rests_on]})"
+    if decided == "inconclusive" and why:
+        return "inconclusive", f"unreliable record ({'; '.join(why.values())})"
     if row["not_purifying"]:
-        why = "; ".join(f"{k}: {v}" for k, v in row["not_purifying"].items())
-        return "inconclusive", f"the purifier does not purify at this scale ({why})"
+        why_not = "; ".join(f"{k}: {v}" for k, v in row["not_purifying"].items())
+        return "inconclusive", f"the purifier does not purify at this scale ({why_not})"
+    if why:
+        aside = f"unreliable, not what the verdict rests on: {'; '.join(why.values())}"
+        reason = f"{reason}; {aside}" if reason else aside
+    return decided, reason
+
+
+def _tested(row: dict) -> tuple[str, str]:
+    """(verdict, reason) of the row's test alone."""
     significant = row["p_holm"] < ALPHA
     d, (lower, upper), m = row["diff"], row["diff_ci"], row["margin"]
     if row["test"] == "greater":
@@ -271,6 +296,15 @@ def verdict(row: dict, required: int) -> tuple[str, str]:
     if significant and lower > m:
         return "contradicted", f"higher by more than {100 * m:g} points"
     return "inconclusive", f"the interval reaches above {100 * m:g} points"
+
+
+def _rests_on(test: str, decided: str, compares_attacks: bool) -> str | None:
+    """The arm ("a" or "b") whose overstated accuracy could have made the verdict: the arm the
+    verdict needs high, among two defenses; none for an attack comparison or no verdict."""
+    if compares_attacks or decided == "inconclusive":
+        return None
+    needs_a_high = (decided == "supported") == (test in ("greater", "not_lower"))
+    return "a" if needs_a_high else "b"
 
 
 def decide(

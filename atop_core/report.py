@@ -356,9 +356,14 @@ CLAIMS_LEAD = (
     "McNemar test on the images the two records disagree on, Holm-adjusted across one dataset's "
     "rows. "
     "`supported` needs a significant difference in the claimed direction (or, for 'keeps' and "
-    "'at least as strong', an interval within the stated margin); rows on too few images, on a "
-    "record the sanity checks or attack-failure indicators mark unreliable, or on a purifier "
-    "that keeps less than half the classifier's clean accuracy are inconclusive, with the reason."
+    "'at least as strong', an interval within the stated margin); rows on too few images, or on "
+    "a purifier that keeps less than half the classifier's clean accuracy, are inconclusive, "
+    "with the reason. So is a verdict that rests on a record the sanity checks or "
+    "attack-failure indicators mark unreliable: between two defenses under one attack, the arm "
+    "the verdict needs high (its robustness may be overstated). Between two attacks on one "
+    "defense (C5, C6) each record measures its own attack, judged by the real defense with "
+    "fresh draws: a weak attack is what the row compares, so its sanity checks are shown beside "
+    "the verdict, not in its way."
 )
 SPLIT_LEAD = (
     "What the randomness gives: robust accuracy (vote) under the same attack with fresh draws, "

@@ -102,6 +102,48 @@ def test_too_few_images_or_an_unreliable_record_make_a_clear_gain_inconclusive(
     assert row["verdict"] == "inconclusive" and reason in row["reason"]
 
 
+@pytest.mark.parametrize(
+    ("right_a", "right_b", "verdict"),
+    [(range(150), range(50), "supported"), (range(50), range(150), "inconclusive")],
+)
+def test_an_unreliable_second_defense_blocks_only_a_verdict_that_rests_on_it(
+    right_a, right_b, verdict
+):
+    a, b = arms()  # b may be overstated: a above it stands, b above a does not
+    records = [record(a.defense, PGD, right_a), record(b.defense, PGD, right_b, unreliable=True)]
+    row = claims.decide(records, [Comparison("C1", "s", a, b)]).iloc[0]
+    assert row["verdict"] == verdict
+    named = {"supported": "not what the verdict rests on: defense-x-plain",
+             "inconclusive": "unreliable record (defense-x-plain"}[verdict]  # fmt: skip
+    assert named in row["reason"]
+
+
+@pytest.mark.parametrize(("unreliable", "verdict"), [("b", "inconclusive"), ("a", "supported")])
+def test_not_higher_between_defenses_rests_on_the_second_arm(unreliable, verdict):
+    a, b = arms()  # a within b's margin: an overstated b would make it so
+    records = [
+        record(a.defense, PGD, range(100), unreliable=unreliable == "a"),
+        record(b.defense, PGD, range(100), unreliable=unreliable == "b"),
+    ]
+    row = claims.decide(records, [Comparison("C6", "s", a, b, test="not_higher", margin=0.03)])
+    assert row.iloc[0]["verdict"] == verdict
+
+
+def test_an_attack_comparison_is_decided_whatever_the_sanity_checks_say():
+    weak, strong = PGD.__class__(name="pgd", steps=10), PGD
+    a = Arm("defense-x-atop", weak, "classifier-only")
+    b = Arm("defense-x-atop", strong)
+    records = [
+        {**record(a.defense, weak, range(200), unreliable=True), "protocol": "classifier-only"},
+        record(b.defense, strong, range(100), unreliable=True),
+    ]
+    comparison = Comparison("C5", "classifier-only overstates", a, b)
+    assert comparison.compares_attacks and not Comparison("C1", "s", *arms()).compares_attacks
+    row = claims.decide(records, [comparison]).iloc[0]
+    assert row["verdict"] == "supported"
+    assert "pgd-10 classifier-only" in row["reason"] and "pgd-eot-10-eot4" in row["reason"]
+
+
 def test_fewer_than_ten_draws_make_a_clear_gain_inconclusive():
     a, b = arms()
     records = [record(a.defense, PGD, range(150), draws=5), record(b.defense, PGD, range(50))]
