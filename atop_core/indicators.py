@@ -4,7 +4,7 @@ Each indicator says whether it fired, the value it measured against its threshol
 fired, the fix. Those that show the reported accuracy is too high mark the record unreliable:
 - silent success: images misclassified at some iterate (mean logits of the step's EOT draws)
   whose returned iterate is not, by the same reading: the attack found the point and lost it
-  (for attacks that do not say what they return, StAdv, the judge's vote of the returned point
+  (for an attack that does not say what it returns, the judge's vote of the returned point
   stands in, which on a random defense also counts draws that disagree);
 - unavailable gradients: zero or non-finite input gradients of the attack's loss;
 - transfer failure: a transfer attack from the bare classifier beats the white-box attack (the

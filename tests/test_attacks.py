@@ -13,7 +13,7 @@ from torch import nn
 
 from atop_core.attacks import ATTACKS, AttackConfig, bpda_loss, eot_loss, library, run_attack
 from atop_core.attacks.cw import margin
-from atop_core.attacks.stadv import apply_flow, flow_smoothness, stadv_flow
+from atop_core.attacks.stadv import apply_flow, flow_smoothness, stadv_ascent, stadv_flow
 from atop_core.config import TransformConfig
 from atop_core.data import load_dataset
 from atop_core.defense import DefendedModel, load_defense
@@ -194,7 +194,7 @@ def test_stadv_on_a_plain_classifier_ascends_the_margin_of_its_one_draw():
         opt.step()
         with torch.no_grad():
             flow.clamp_(-cfg.eps, cfg.eps)
-    assert torch.allclose(stadv_flow(model, x, y, cfg), flow.detach(), atol=1e-6)
+    assert torch.allclose(stadv_ascent(model, x, y, cfg), flow.detach(), atol=1e-6)
 
 
 def test_flow_is_in_normalised_coordinates_two_over_width_per_pixel():

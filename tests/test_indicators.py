@@ -97,13 +97,17 @@ def _traced(model, attack=PGD, draws=1):
     return trace, vote, out
 
 
-def test_silent_success_fires_when_found_points_are_lost():
-    # StAdv returns its last point; its 5 steps are wrong, the judge's pass is right
+def test_stadv_keeps_a_misclassified_flow_and_silent_success_reads_what_is_returned():
+    # its 5 steps are wrong, the last flow's scoring pass and the judge's are right
     stadv = AttackConfig(name="stadv", steps=5, eot=1, seed=1)
     trace, vote, out = _traced(Forgetful(wrong_calls=stadv.steps), stadv)
-    assert all(trace["fooled"]) and out["accuracy"]["vote"] == 1.0
-    verdict = indicators.silent_success(trace, vote)
-    assert verdict["fired"] and verdict["rate"] == 1.0 and "misclassified iterate" in verdict["fix"]
+    assert all(trace["fooled"]) and all(trace["returned_fooled"])
+    assert not indicators.silent_success(trace, vote)["fired"]
+    # an attack that does not say what it returns is read by the judge's vote: all right here
+    unsaid = {k: v for k, v in trace.items() if k != "returned_fooled"}
+    verdict = indicators.silent_success(unsaid, vote)
+    assert out["accuracy"]["vote"] == 1.0 and verdict["fired"] and verdict["rate"] == 1.0
+    assert "misclassified iterate" in verdict["fix"]
 
 
 def test_pgd_eot_keeps_a_misclassified_iterate_over_a_higher_loss():

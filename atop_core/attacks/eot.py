@@ -174,9 +174,10 @@ def pgd_ascent(
     return adv.detach()
 
 
-class _BestIterate:
+class BestIterate:
     """Per image, the iterate of highest loss among those the mean logits of its EOT draws
-    misclassify, or of all if none is; read from the trace after each iterate's passes."""
+    misclassify, or of all if none is; read from the trace after each iterate's passes. What it
+    keeps (`images`) is what the attack passes to `consider`: the images, or StAdv's flows."""
 
     def __init__(self, x: Tensor, trace: AttackTrace):
         self.trace = trace
@@ -203,13 +204,13 @@ def projected_gradient(
     pass_size: int | None = EOT_PASS,
 ) -> Tensor:
     """PGD (`pgd_ascent`) from a random start drawn from the attack's own seed, returning per
-    image the best iterate (`_BestIterate`; the last iterate is scored too): the last alone, or
+    image the best iterate (`BestIterate`; the last iterate is scored too): the last alone, or
     the highest cross-entropy alone, can lose a point the attack had found (silent success,
     `indicators.py`). Ours because torchattacks' PGD and PGDL2 see one draw per step, or with
     EOT the mean logits, in one pass of batch × draws."""
     g = torch.Generator(device=x.device).manual_seed(cfg.seed)
     with attack_trace() as trace:
-        best = _BestIterate(x, trace)
+        best = BestIterate(x, trace)
         last = pgd_ascent(
             loss, model, x, y, cfg, g, pass_size=pass_size, after_gradient=best.consider
         )

@@ -9,14 +9,15 @@ minimises the margin z_y − max_{j≠y} z_j plus tau times Xiao et al.'s flow-s
 the flow is clamped to the bound after every step, so the bound holds exactly.
 """
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atop_core.attacks.eot import eot_grad, eot_margin
-from atop_core.attacks.trace import mark_step
+from atop_core.attacks.eot import BestIterate, eot_grad, eot_margin, eot_score
+from atop_core.attacks.trace import attack_trace
 
 if TYPE_CHECKING:
     from atop_core.attacks import AttackConfig
@@ -44,24 +45,44 @@ def flow_smoothness(flow: Tensor) -> Tensor:
     return 2 * pairs
 
 
-def stadv_flow(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
-    """The adversarial flow (B, H, W, 2), every component within ±cfg.eps, after `cfg.steps`
-    Adam steps from zero flow. On a random defense the margin is averaged over `cfg.eot` draws
-    (EOT): its gradient with respect to the moved image comes from `eot_grad`, in passes, and
-    the chain rule carries it to the flow."""
+def stadv_ascent(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: "AttackConfig",
+    after_gradient: Callable[[Tensor], None] | None = None,
+) -> Tensor:
+    """The last flow (B, H, W, 2), every component within ±cfg.eps, after `cfg.steps` Adam
+    steps from zero flow. On a random defense the margin is averaged over `cfg.eot` draws (EOT):
+    its gradient with respect to the moved image comes from `eot_grad`, in passes, and the chain
+    rule carries it to the flow. `after_gradient` sees each flow once its passes have run."""
     b, _, h, w = x.shape
     flow = torch.zeros(b, h, w, 2, device=x.device, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.Adam([flow], lr=cfg.lr)
     for _ in range(cfg.steps):
-        mark_step()
         moved = apply_flow(x, flow)
         toward = eot_grad(eot_margin, model, moved.detach(), y, cfg.eot or 1)
+        if after_gradient is not None:
+            after_gradient(flow.detach())
         loss = (moved * toward).sum() + cfg.tau * flow_smoothness(flow).sum()
         (flow.grad,) = torch.autograd.grad(loss, flow)  # leave the model's grads alone
         opt.step()
         with torch.no_grad():
             flow.clamp_(-cfg.eps, cfg.eps)
     return flow.detach()
+
+
+def stadv_flow(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
+    """Per image the best flow of `stadv_ascent` (the last one scored too), by the mean logits
+    of each flow's EOT draws."""
+    with attack_trace() as trace:
+        zero = torch.zeros(len(x), *x.shape[2:], 2, device=x.device, dtype=x.dtype)
+        best = BestIterate(zero, trace)
+        last = stadv_ascent(model, x, y, cfg, after_gradient=best.consider)
+        eot_score(eot_margin, model, apply_flow(x, last), y, cfg.eot or 1)  # forward passes only
+        best.consider(last)
+        trace.returned(best.fooled)
+    return best.images
 
 
 def stadv(model: nn.Module, x: Tensor, y: Tensor, cfg: "AttackConfig") -> Tensor:
